@@ -1,0 +1,29 @@
+# The two commands of the README contract, and a few helpers.
+#   make demo  - set up what is missing, then curate the demo data into workspaces/demo
+#   make test  - set up what is missing, then lint and run the tests
+SHELL := /bin/bash
+.PHONY: setup demo test test-all lint format bench clean-demo
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	@.venv/bin/zcurate demo
+
+test:
+	@bash scripts/test.sh
+
+test-all:
+	@ZCURATE_TEST_ALL=1 bash scripts/test.sh
+
+lint: setup
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: setup
+	@.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+bench: setup
+	@.venv/bin/python bench/bench_ingest.py
+
+clean-demo:
+	rm -rf workspaces/demo

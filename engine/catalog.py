@@ -1,0 +1,141 @@
+"""The DuckDB catalog: views over the workspace's Parquet tables, and queries over them.
+
+``WS/catalog.duckdb`` holds one view per table (``samples``, ``signals``) reading every shard
+through a glob, so new shards are visible without rebuilding it, plus a few derived views:
+
+* ``sample_signals``: usable samples joined with their signals;
+* ``reject_reasons``: rejected samples counted by reason;
+* ``image_duplicates``: images that come with more than one usable caption (exact duplicates).
+
+The file is rebuilt atomically (new file, then rename), so ``duckdb WS/catalog.duckdb``,
+``zcurate sql`` and the API always open a complete catalog. Workspaces on object storage get
+the same views in an in-memory database (DuckDB then needs its httpfs extension).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import duckdb
+import pyarrow as pa
+
+from engine import schema
+from engine.workspace import Workspace
+
+CATALOG_FILE = "catalog.duckdb"
+
+DERIVED_VIEWS = {
+    "sample_signals": """
+        SELECT s.*, g.* EXCLUDE (sample_id, image_id)
+        FROM samples s JOIN signals g USING (sample_id)
+        WHERE s.status = 'ok'""",
+    "reject_reasons": """
+        SELECT reject_reason, count(*) AS n
+        FROM samples WHERE status = 'rejected'
+        GROUP BY reject_reason ORDER BY n DESC, reject_reason""",
+    "image_duplicates": """
+        SELECT image_id, count(*) AS n_samples, list(sample_id ORDER BY sample_id) AS sample_ids
+        FROM samples WHERE status = 'ok'
+        GROUP BY image_id HAVING count(*) > 1""",
+}
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def create_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
+    """Create (or replace) every table view and derived view on ``con``."""
+    for name, table_schema in schema.TABLES.items():
+        if ws.list_shards(name):
+            glob = ws.local_uri(name, "*.parquet")
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS "
+                        f"SELECT * FROM read_parquet({_quote(glob)}, union_by_name = true)")
+        else:  # no shards yet: an empty table with the right columns, so queries still run
+            con.register("empty_arrow", table_schema.empty_table())
+            con.execute(f"DROP VIEW IF EXISTS {name}")
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM empty_arrow")
+            con.unregister("empty_arrow")
+    for name, sql in DERIVED_VIEWS.items():
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+
+
+def refresh_catalog(ws: Workspace) -> str | None:
+    """Rebuild ``WS/catalog.duckdb`` atomically; returns its path (None for remote workspaces)."""
+    if not ws.is_local:
+        return None
+    final = ws.path(CATALOG_FILE)
+    tmp_dir = ws.path("_tmp")
+    os.makedirs(tmp_dir, exist_ok=True)
+    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}-{CATALOG_FILE}")
+    con = duckdb.connect(tmp)
+    try:
+        create_views(con, ws)
+    finally:
+        con.close()
+    os.replace(tmp, final)
+    return final
+
+
+def connect_catalog(ws: Workspace) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the catalog (in-memory views for remote workspaces)."""
+    if ws.is_local:
+        path = ws.path(CATALOG_FILE)
+        if not os.path.exists(path):
+            refresh_catalog(ws)
+        return duckdb.connect(path, read_only=True)
+    con = duckdb.connect()
+    create_views(con, ws)
+    return con
+
+
+def run_sql(ws: Workspace, sql: str, parameters: list | None = None) -> pa.Table:
+    """Run one query over the catalog and return the result as Arrow."""
+    con = connect_catalog(ws)
+    try:
+        relation = con.sql(sql, params=parameters or None)
+        if relation is None:  # a statement with no result set
+            return pa.table({})
+        return relation.to_arrow_table()
+    finally:
+        con.close()
+
+
+# Numeric signals summarised by `zcurate stats`.
+STAT_SIGNALS = ("width", "height", "file_bytes", "compression_ratio", "border_variance", "jpeg_bpp",
+                "blur", "colourfulness", "entropy", "caption_chars", "caption_words")
+
+
+def dataset_stats(ws: Workspace) -> dict:
+    """Counts by status, source and reason, warning counts, languages and signal quantiles."""
+    con = connect_catalog(ws)
+    try:
+        def rows(sql: str) -> list[dict]:
+            return con.sql(sql).to_arrow_table().to_pylist()
+
+        totals = rows("SELECT count(*) AS samples, count(*) FILTER (WHERE status = 'ok') AS ok, "
+                      "count(*) FILTER (WHERE status = 'rejected') AS rejected, "
+                      "count(DISTINCT image_id) FILTER (WHERE status = 'ok') AS distinct_images "
+                      "FROM samples")[0]
+        by_source = rows("SELECT source_kind, source, count(*) AS samples, "
+                         "count(*) FILTER (WHERE status = 'ok') AS ok FROM samples "
+                         "GROUP BY ALL ORDER BY source_kind, source")
+        reasons = rows("SELECT * FROM reject_reasons")
+        warnings = rows("SELECT warning, count(*) AS n FROM "
+                        "(SELECT unnest(warnings) AS warning FROM samples) GROUP BY warning "
+                        "ORDER BY n DESC, warning")
+        languages = rows("SELECT caption_lang, count(*) AS n FROM signals GROUP BY caption_lang "
+                         "ORDER BY n DESC, caption_lang LIMIT 10")
+        quantiles = []
+        for column in STAT_SIGNALS:
+            q = rows(f"SELECT min({column}) AS min, quantile_cont({column}, 0.5) AS p50, "
+                     f"quantile_cont({column}, 0.95) AS p95, max({column}) AS max FROM signals")[0]
+            quantiles.append({"signal": column, **q})
+        duplicates = rows("SELECT count(*) AS images, coalesce(sum(n_samples), 0) AS samples "
+                          "FROM image_duplicates")[0]
+    finally:
+        con.close()
+    return {"totals": totals, "by_source": by_source, "reject_reasons": reasons,
+            "warnings": warnings, "caption_languages": languages, "signals": quantiles,
+            "image_duplicates": duplicates}

@@ -1,0 +1,82 @@
+"""The shard plan: which record of a source goes into which shard, fixed once and saved.
+
+A plan is what makes a killed job resumable without duplicates or gaps: the first run of a
+source lists its records, cuts them into shards of ``shard_size`` in listing order and saves the
+assignment in ``WS/_plans/<kind>-<key>.parquet`` before any work starts. A rerun reads that
+plan back, so every record lands in the same shard as before, and only shards whose ``samples``
+file is missing are worked on. Records that appear in the source later (or a larger
+``--limit``) are appended as new shards; a plan never shrinks or reshuffles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from engine.source import PLAN_ROW, Source
+from engine.workspace import Workspace
+
+PLAN_SCHEMA = pa.schema([("shard", pa.int32()), *PLAN_ROW])
+
+
+@dataclass
+class ShardPlan:
+    """A source's saved plan."""
+
+    source_kind: str
+    source_key: str
+    path: str  # workspace-relative path of the plan file
+    shard_count: int
+    record_count: int
+    added_records: int  # records this call appended to the plan
+
+    @property
+    def prefix(self) -> str:
+        """The start every shard id of this source shares."""
+        return f"{self.source_kind}-{self.source_key}"
+
+    def shard_id(self, index: int) -> str:
+        return f"{self.prefix}-{index:06d}"
+
+    @property
+    def shard_ids(self) -> list[str]:
+        return [self.shard_id(i) for i in range(self.shard_count)]
+
+
+def plan_source(ws: Workspace, source: Source, shard_size: int, limit: int | None = None) -> ShardPlan:
+    """Create or extend the plan of ``source`` in ``ws`` and return it.
+
+    Args:
+        shard_size: records per new shard (existing shards keep their size).
+        limit: take only the first ``limit`` records of the source's listing.
+    """
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    rel_path = f"_plans/{source.kind}-{source.key}.parquet"
+    listing = source.list_records()
+    if limit is not None:
+        listing = listing.slice(0, max(0, limit))
+    if ws.exists(rel_path):
+        existing = pq.read_table(ws.path(rel_path), filesystem=ws.fs, schema=PLAN_SCHEMA)
+        known = pc.is_in(listing["ref"], value_set=existing["ref"])
+        new = listing.filter(pc.invert(known))
+        first_shard = (pc.max(existing["shard"]).as_py() + 1) if existing.num_rows else 0
+    else:
+        existing, new, first_shard = PLAN_SCHEMA.empty_table(), listing, 0
+    if new.num_rows:
+        shards = pa.array([first_shard + i // shard_size for i in range(new.num_rows)], pa.int32())
+        new = new.cast(PLAN_ROW).add_column(0, "shard", shards)
+        existing = pa.concat_tables([existing, new])
+        # One row group per shard-sized run of rows, so a worker reading one shard skips the rest.
+        ws.write_parquet(rel_path, existing, row_group_size=shard_size)
+    shard_count = (pc.max(existing["shard"]).as_py() + 1) if existing.num_rows else 0
+    return ShardPlan(source.kind, source.key, rel_path, shard_count, existing.num_rows, new.num_rows)
+
+
+def read_shard_rows(ws: Workspace, plan: ShardPlan, index: int) -> pa.Table:
+    """The plan rows of one shard, in plan order."""
+    table = pq.read_table(ws.path(plan.path), filesystem=ws.fs, filters=[("shard", "=", index)])
+    return table.drop_columns(["shard"])

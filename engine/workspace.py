@@ -1,0 +1,153 @@
+"""The workspace: one directory (or pyarrow filesystem URI) holding every table as Parquet shards.
+
+Layout (DESIGN.md section 3)::
+
+    WS/samples/<shard_id>.parquet     one file per shard of work, per table
+    WS/signals/<shard_id>.parquet
+    WS/_plans/<source_key>.parquet    the record -> shard assignment of each ingested source
+    WS/_tmp/                          half-written files; never read
+    WS/catalog.duckdb                 DuckDB views over the tables (local workspaces)
+
+Every write goes to ``_tmp`` first and is then renamed into place, so a reader (or a resumed
+job) sees a whole shard or no shard. On object stores a rename is a copy, but each object PUT is
+itself atomic, so the same guarantee holds.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from engine import schema
+
+PARQUET = ".parquet"
+
+
+@dataclass
+class Workspace:
+    """A handle on a workspace; cheap to create, safe to send to Ray workers (holds only strings)."""
+
+    root: str  # what the user gave: a local path or a URI such as s3://bucket/ws or file:///abs
+    _fs: pafs.FileSystem | None = field(default=None, repr=False, compare=False)
+    _base: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if "://" not in self.root:
+            self.root = os.path.abspath(os.path.expanduser(self.root))
+
+    def __getstate__(self) -> dict:
+        return {"root": self.root}  # filesystems are re-opened on the worker
+
+    def __setstate__(self, state: dict) -> None:
+        self.root, self._fs, self._base = state["root"], None, ""
+
+    # --- filesystem ---------------------------------------------------------------------------
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:
+            if "://" in self.root:
+                self._fs, self._base = pafs.FileSystem.from_uri(self.root)
+            else:
+                self._fs, self._base = pafs.LocalFileSystem(), self.root
+        return self._fs
+
+    @property
+    def base(self) -> str:
+        self.fs  # noqa: B018 - opens the filesystem and sets _base
+        return self._base
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        """A path inside the workspace, in the filesystem's own terms."""
+        return "/".join([self.base.rstrip("/"), *parts])
+
+    def create(self) -> Workspace:
+        """Create the workspace directory (idempotent) and return self."""
+        self.fs.create_dir(self.base, recursive=True)
+        return self
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    # --- atomic writes ------------------------------------------------------------------------
+
+    def _tmp_path(self, name: str) -> str:
+        tmp_dir = self.path("_tmp")
+        self.fs.create_dir(tmp_dir, recursive=True)
+        return f"{tmp_dir}/{uuid.uuid4().hex}-{name}"
+
+    def write_parquet(self, rel_path: str, table: pa.Table, row_group_size: int | None = None) -> None:
+        """Write a Parquet file at ``rel_path`` atomically (temporary name, then rename)."""
+        final = self.path(rel_path)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = self._tmp_path(final.rsplit("/", 1)[1])
+        # Fixed writer options: same table in, same bytes out (determinism of every table).
+        pq.write_table(
+            table,
+            tmp,
+            filesystem=self.fs,
+            compression="zstd",
+            row_group_size=row_group_size,
+            store_schema=True,
+        )
+        self.fs.move(tmp, final)
+
+    def write_bytes(self, rel_path: str, data: bytes) -> None:
+        """Write a small file (JSON sidecars, markers) atomically."""
+        final = self.path(rel_path)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = self._tmp_path(final.rsplit("/", 1)[1])
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(data)
+        self.fs.move(tmp, final)
+
+    def read_bytes(self, rel_path: str) -> bytes:
+        with self.fs.open_input_stream(self.path(rel_path)) as f:
+            return f.read()
+
+    # --- tables -------------------------------------------------------------------------------
+
+    def write_shard(self, table_name: str, shard_id: str, table: pa.Table) -> None:
+        """Write one shard of a table atomically, cast to the table's schema."""
+        table = table.select(schema.TABLES[table_name].names).cast(schema.TABLES[table_name])
+        self.write_parquet(f"{table_name}/{shard_id}{PARQUET}", table)
+
+    def list_shards(self, table_name: str) -> list[str]:
+        """The ids of the complete shards of a table, sorted."""
+        selector = pafs.FileSelector(self.path(table_name), allow_not_found=True)
+        names = (info.base_name for info in self.fs.get_file_info(selector) if info.is_file)
+        return sorted(n[: -len(PARQUET)] for n in names if n.endswith(PARQUET))
+
+    def shard_files(self, table_name: str) -> list[str]:
+        """Filesystem paths of a table's shard files, sorted by shard id."""
+        return [self.path(table_name, f"{s}{PARQUET}") for s in self.list_shards(table_name)]
+
+    def read_shard(self, table_name: str, shard_id: str) -> pa.Table:
+        return pq.read_table(self.path(table_name, f"{shard_id}{PARQUET}"), filesystem=self.fs)
+
+    def read_table(self, table_name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+        """All shards of a table as one Arrow table (empty with the right schema when none)."""
+        files = self.shard_files(table_name)
+        table_schema = schema.TABLES[table_name]
+        if not files:
+            empty = table_schema.empty_table()
+            return empty.select(columns) if columns else empty
+        dataset = pads.dataset(files, schema=table_schema, format="parquet", filesystem=self.fs)
+        return dataset.to_table(columns=columns, filter=filter)
+
+    def local_uri(self, *parts: str) -> str:
+        """A path or URI DuckDB can read for the given workspace path."""
+        if self.is_local:
+            return self.path(*parts)
+        scheme = self.root.split("://", 1)[0]
+        return f"{scheme}://{self.path(*parts)}"
