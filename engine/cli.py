@@ -27,8 +27,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     epilog="Example: zcurate curate ./my-pairs --workspace ./ws && zcurate stats --workspace ./ws",
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DEMO_WORKSPACE = "workspaces/demo"  # relative to the current directory; ignored by git
 DEMO_LIMIT = 2000  # openclipart images the demo curates: ~1 minute on 2 cores (README)

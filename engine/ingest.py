@@ -188,8 +188,8 @@ def decode_image(data: bytes, name: str, cfg: IngestConfig) -> tuple[Image.Image
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's EXIF and palette warnings: handled below
             image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as e:
-        raise Reject("not_an_image", str(e)) from None
+    except UnidentifiedImageError:  # Pillow's message names a memory address: not reproducible
+        raise Reject("not_an_image", f"unknown format, first bytes {data[:8].hex()}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise Reject("corrupt_image", f"header: {e}") from None
     width, height = image.size

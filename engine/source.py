@@ -239,6 +239,10 @@ class TableSource:
         if info.type != pafs.FileType.File:
             raise SourceError(f"{location!r} is not a file")
         self.format = self._detect_format(self.path)
+        # Resolve the columns now, so a wrong name fails before any job starts.
+        names = self._columns()
+        self.image_col = self._pick(names, image_column, IMAGE_COLUMNS, "image")
+        self.caption_col = self._pick(names, caption_column, CAPTION_COLUMNS, "caption")
 
     @staticmethod
     def _detect_format(path: str) -> str:
@@ -303,33 +307,29 @@ class TableSource:
             yield obj, None
 
     def _columns(self) -> list[str]:
+        """Column names: the Parquet schema, the CSV header, or the keys of the first JSONL object."""
         if self.format == "parquet":
             with self.fs.open_input_file(self.path) as f:
                 return pq.ParquetFile(f).schema_arrow.names
-        return []  # CSV/JSONL: known from the rows
+        for row, _ in self._rows():
+            if row is not None:
+                return list(row)
+        return []
 
     def list_records(self) -> pa.Table:
         base_dir = self.path.rsplit("/", 1)[0]
-        image_col = caption_col = None
-        if self.format == "parquet":
-            names = self._columns()
-            image_col = self._pick(names, self.image_column, IMAGE_COLUMNS, "image")
-            caption_col = self._pick(names, self.caption_column, CAPTION_COLUMNS, "caption")
         rows = []
         for index, (row, problem) in enumerate(self._rows()):
             ref = f"row:{index}"
             if row is None:
                 rows.append({"ref": ref, "error": "malformed_row", "detail": problem})
                 continue
-            if image_col is None:  # first good CSV/JSONL row decides the columns
-                names = list(row)
-                image_col = self._pick(names, self.image_column, IMAGE_COLUMNS, "image")
-                caption_col = self._pick(names, self.caption_column, CAPTION_COLUMNS, "caption")
-            image = row.get(image_col)
+            image = row.get(self.image_col)
             if not isinstance(image, str) or not image.strip():
-                rows.append({"ref": ref, "error": "malformed_row", "detail": f"no value in column {image_col!r}"})
+                rows.append({"ref": ref, "error": "malformed_row",
+                             "detail": f"no value in column {self.image_col!r}"})
                 continue
-            caption = row.get(caption_col)
+            caption = row.get(self.caption_col)
             if isinstance(caption, str):
                 caption = text_to_bytes(caption)
             elif caption is not None and not isinstance(caption, bytes):

@@ -1,0 +1,29 @@
+"""Shared fixtures. Test data builders live in tests/data.py."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from tests.data import Case, bad_input_cases, write_case_folder
+
+# No usage-stats prompt or upload from Ray in tests (the machines have no general network).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def cases() -> dict[str, Case]:
+    return bad_input_cases()
+
+
+@pytest.fixture(scope="session")
+def case_folder(cases, tmp_path_factory) -> str:
+    return write_case_folder(str(tmp_path_factory.mktemp("cases") / "pairs"), cases)
+
+
+@pytest.fixture
+def scratch_dir():
+    with tempfile.TemporaryDirectory(prefix="zcurate-test-") as d:
+        yield d
