@@ -7,7 +7,7 @@ order) into a fresh temporary workspace each:
   process: plan the source, then per shard ``read_shard_rows -> source.read_records ->
   IngestStage -> ProfileStage``, build the Arrow tables and ``Workspace.write_shard`` them (the
   body of ``CurateShard.__call__``), then mark cross-shard duplicates, summarise and refresh the
-  catalog. This is the best a single core can do with the engine as it is.
+  catalog. One core, no Ray: the baseline a parallel run has to beat.
 * **ray, end to end**: ``run_curate(..., num_cpus=K)`` as the CLI runs it; Ray is started and shut
   down inside the timed region.
 * **ray, excluding start-up**: Ray is started first with ``pipelines.runtime.ray_session`` (so
@@ -20,7 +20,7 @@ transfers) eating into the parallel speed-up. The target in the issue is ratio >
 
 The same run checks that the Ray workspace holds N samples with as many ``ok`` rows as the loop's.
 
-Run by hand (a few minutes for the default N on 2 cores)::
+Run by hand (about 1.5 minutes for the default N on an idle 2-core machine)::
 
     .venv/bin/python bench/bench_ingest.py --n 2000 [--shard-size 64] [--num-cpus 2] [--repeat 1]
 """
@@ -216,11 +216,15 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(),
         "python": platform.python_version(),
         "ray_address": os.environ.get("RAY_ADDRESS"),
+        "load_average_1min": os.getloadavg()[0],
     }
     print(
         f"N={n}  shard_size={args.shard_size}  num_cpus={args.num_cpus}  repeat={args.repeat}  "
         f"os.cpu_count()={env['cpu_count']}  commit={env['commit']}"
     )
+    if env["load_average_1min"] > 1.0:
+        # On 2 cores one busy neighbour (a test run, a build) halves what either path can get.
+        print(f"warning: 1-min load average is {env['load_average_1min']:.1f}: other processes compete")
     if env["ray_address"]:
         print(f"note: RAY_ADDRESS={env['ray_address']}: the Ray path runs on that cluster, not locally")
     warm_page_cache(source, n)
@@ -250,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"loop": loop, "ray_e2e": e2e, "ray_warm": warm})
     finally:
         shutil.rmtree(tmp_root, ignore_errors=True)
+
+    # This run itself loads up to num_cpus; much more than that means a neighbour took CPU time.
+    env["load_average_1min_at_end"] = os.getloadavg()[0]
 
     def median(path: str, key: str = "wall_s") -> float:
         return statistics.median(r[path][key] for r in runs)
@@ -281,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         f"N={n} images, shard size {args.shard_size}, Ray num_cpus={args.num_cpus}, "
         f"os.cpu_count()={env['cpu_count']}, commit {env['commit']}"
         + (f", median of {args.repeat} runs" if args.repeat > 1 else "")
+    )
+    print(
+        f"1-min load average: {env['load_average_1min']:.1f} at start, "
+        f"{env['load_average_1min_at_end']:.1f} at end (this run adds up to {args.num_cpus})"
     )
     print()
     print(markdown_table(n, loop_s, e2e_s, warm_s, init_s))

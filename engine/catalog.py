@@ -50,8 +50,10 @@ def create_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
     for name, table_schema in schema.TABLES.items():
         if ws.list_shards(name):
             glob = ws.local_uri(name, "*.parquet")
-            con.execute(f"CREATE OR REPLACE VIEW {name} AS "
-                        f"SELECT * FROM read_parquet({_quote(glob)}, union_by_name = true)")
+            con.execute(
+                f"CREATE OR REPLACE VIEW {name} AS "
+                f"SELECT * FROM read_parquet({_quote(glob)}, union_by_name = true)"
+            )
         else:  # no shards yet: an empty table with the right columns, so queries still run
             con.register("empty_arrow", table_schema.empty_table())
             con.execute(f"DROP VIEW IF EXISTS {name}")
@@ -103,39 +105,68 @@ def run_sql(ws: Workspace, sql: str, parameters: list | None = None) -> pa.Table
 
 
 # Numeric signals summarised by `zcurate stats`.
-STAT_SIGNALS = ("width", "height", "file_bytes", "compression_ratio", "border_variance", "jpeg_bpp",
-                "blur", "colourfulness", "entropy", "caption_chars", "caption_words")
+STAT_SIGNALS = (
+    "width",
+    "height",
+    "file_bytes",
+    "compression_ratio",
+    "border_variance",
+    "jpeg_bpp",
+    "blur",
+    "colourfulness",
+    "entropy",
+    "caption_chars",
+    "caption_words",
+)
 
 
 def dataset_stats(ws: Workspace) -> dict:
     """Counts by status, source and reason, warning counts, languages and signal quantiles."""
     con = connect_catalog(ws)
     try:
+
         def rows(sql: str) -> list[dict]:
             return con.sql(sql).to_arrow_table().to_pylist()
 
-        totals = rows("SELECT count(*) AS samples, count(*) FILTER (WHERE status = 'ok') AS ok, "
-                      "count(*) FILTER (WHERE status = 'rejected') AS rejected, "
-                      "count(DISTINCT image_id) FILTER (WHERE status = 'ok') AS distinct_images "
-                      "FROM samples")[0]
-        by_source = rows("SELECT source_kind, source, count(*) AS samples, "
-                         "count(*) FILTER (WHERE status = 'ok') AS ok FROM samples "
-                         "GROUP BY ALL ORDER BY source_kind, source")
+        totals = rows(
+            "SELECT count(*) AS samples, count(*) FILTER (WHERE status = 'ok') AS ok, "
+            "count(*) FILTER (WHERE status = 'rejected') AS rejected, "
+            "count(DISTINCT image_id) FILTER (WHERE status = 'ok') AS distinct_images "
+            "FROM samples"
+        )[0]
+        by_source = rows(
+            "SELECT source_kind, source, count(*) AS samples, "
+            "count(*) FILTER (WHERE status = 'ok') AS ok FROM samples "
+            "GROUP BY ALL ORDER BY source_kind, source"
+        )
         reasons = rows("SELECT * FROM reject_reasons")
-        warnings = rows("SELECT warning, count(*) AS n FROM "
-                        "(SELECT unnest(warnings) AS warning FROM samples) GROUP BY warning "
-                        "ORDER BY n DESC, warning")
-        languages = rows("SELECT caption_lang, count(*) AS n FROM signals GROUP BY caption_lang "
-                         "ORDER BY n DESC, caption_lang LIMIT 10")
+        warnings = rows(
+            "SELECT warning, count(*) AS n FROM "
+            "(SELECT unnest(warnings) AS warning FROM samples) GROUP BY warning "
+            "ORDER BY n DESC, warning"
+        )
+        languages = rows(
+            "SELECT caption_lang, count(*) AS n FROM signals GROUP BY caption_lang "
+            "ORDER BY n DESC, caption_lang LIMIT 10"
+        )
         quantiles = []
         for column in STAT_SIGNALS:
-            q = rows(f"SELECT min({column}) AS min, quantile_cont({column}, 0.5) AS p50, "
-                     f"quantile_cont({column}, 0.95) AS p95, max({column}) AS max FROM signals")[0]
+            q = rows(
+                f"SELECT min({column}) AS min, quantile_cont({column}, 0.5) AS p50, "
+                f"quantile_cont({column}, 0.95) AS p95, max({column}) AS max FROM signals"
+            )[0]
             quantiles.append({"signal": column, **q})
-        duplicates = rows("SELECT count(*) AS images, coalesce(sum(n_samples), 0) AS samples "
-                          "FROM image_duplicates")[0]
+        duplicates = rows(
+            "SELECT count(*) AS images, coalesce(sum(n_samples), 0) AS samples FROM image_duplicates"
+        )[0]
     finally:
         con.close()
-    return {"totals": totals, "by_source": by_source, "reject_reasons": reasons,
-            "warnings": warnings, "caption_languages": languages, "signals": quantiles,
-            "image_duplicates": duplicates}
+    return {
+        "totals": totals,
+        "by_source": by_source,
+        "reject_reasons": reasons,
+        "warnings": warnings,
+        "caption_languages": languages,
+        "signals": quantiles,
+        "image_duplicates": duplicates,
+    }

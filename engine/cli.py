@@ -7,7 +7,7 @@ import io
 import json
 import os
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -35,12 +35,16 @@ DEMO_LIMIT = 2000  # openclipart images the demo curates: ~1 minute on 2 cores (
 
 WorkspaceOption = Annotated[
     str,
-    typer.Option("--workspace", "-w", envvar="ZCURATE_WORKSPACE",
-                 help="Workspace directory or pyarrow filesystem URI (env ZCURATE_WORKSPACE)."),
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="ZCURATE_WORKSPACE",
+        help="Workspace directory or pyarrow filesystem URI (env ZCURATE_WORKSPACE).",
+    ),
 ]
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -111,7 +115,10 @@ def print_summary(summary) -> None:
     counts.add_row("rejected", str(summary.rejected))
     counts.add_row("shards run / total", f"{summary.shards_run} / {summary.shards_total}")
     out.print(counts)
-    for title, values in (("reject reasons", summary.reject_reasons), ("warnings (ok samples)", summary.warnings)):
+    for title, values in (
+        ("reject reasons", summary.reject_reasons),
+        ("warnings (ok samples)", summary.warnings),
+    ):
         if values:
             view = Table(title=title, title_justify="left")
             view.add_column("reason")
@@ -126,11 +133,20 @@ def print_summary(summary) -> None:
 
 @app.command(epilog="Example: zcurate curate ./images --workspace ./ws --shard-size 256")
 def curate(
-    source: Annotated[str, typer.Argument(help="Folder, .parquet/.csv/.jsonl table, .tar or folder of "
-                                               ".tar shards, or the word 'openclipart'.")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="Folder, .parquet/.csv/.jsonl table, .tar or folder of "
+            ".tar shards, or the word 'openclipart'."
+        ),
+    ],
     workspace: WorkspaceOption,
-    kind: Annotated[str, typer.Option(help="Source kind: auto, folder, table, webdataset, openclipart.")] = "auto",
-    image_column: Annotated[str | None, typer.Option(help="Table sources: the image path/URI column.")] = None,
+    kind: Annotated[
+        str, typer.Option(help="Source kind: auto, folder, table, webdataset, openclipart.")
+    ] = "auto",
+    image_column: Annotated[
+        str | None, typer.Option(help="Table sources: the image path/URI column.")
+    ] = None,
     caption_column: Annotated[str | None, typer.Option(help="Table sources: the caption column.")] = None,
     limit: Annotated[int | None, typer.Option(help="Take only the first N records of the source.")] = None,
     shard_size: Annotated[int, typer.Option(help="Records per shard (the unit of work and resume).")] = 256,
@@ -153,20 +169,24 @@ def curate(
         fail("--shard-size, --max-pixels, --max-file-bytes and --max-caption-chars must be positive")
     try:
         src = load_source(source, kind, max_file_bytes, image_column, caption_column)
-        config = IngestConfig(max_pixels=max_pixels, max_file_bytes=max_file_bytes,
-                              max_caption_chars=max_caption_chars)
-        summary = run_curate(src, Workspace(workspace), config, shard_size=shard_size, limit=limit,
-                             num_cpus=num_cpus)
+        config = IngestConfig(
+            max_pixels=max_pixels, max_file_bytes=max_file_bytes, max_caption_chars=max_caption_chars
+        )
+        summary = run_curate(
+            src, Workspace(workspace), config, shard_size=shard_size, limit=limit, num_cpus=num_cpus
+        )
     except SourceError as e:
         fail(str(e))
     print_summary(summary)
 
 
-@app.command(epilog="Example: zcurate sql \"SELECT reject_reason, n FROM reject_reasons\" --workspace ./ws")
+@app.command(epilog='Example: zcurate sql "SELECT reject_reason, n FROM reject_reasons" --workspace ./ws')
 def sql(
     query: Annotated[str, typer.Argument(help="One SQL query over the catalog's views.")],
     workspace: WorkspaceOption,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
 ) -> None:
     """Run SQL (DuckDB) over the workspace's catalog: samples, signals, sample_signals, ...
@@ -192,7 +212,9 @@ def sql(
 @app.command(epilog="Example: zcurate stats --workspace ./ws --format json")
 def stats(
     workspace: WorkspaceOption,
-    format: Annotated[OutputFormat, typer.Option("--format", "-f", help="table or json.")] = OutputFormat.table,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table or json.")
+    ] = OutputFormat.table,
 ) -> None:
     """Dataset statistics: counts by status and source, reject reasons, warnings, signal quantiles."""
     from engine.catalog import dataset_stats
@@ -209,8 +231,12 @@ def stats(
         fail("stats supports --format table or json")
     print_table(pa.Table.from_pylist([result["totals"]]), "totals")
     print_table(pa.Table.from_pylist(result["by_source"]), "by source")
-    for key, title in (("reject_reasons", "reject reasons"), ("warnings", "warnings"),
-                       ("caption_languages", "caption languages (top 10)"), ("signals", "signals")):
+    for key, title in (
+        ("reject_reasons", "reject reasons"),
+        ("warnings", "warnings"),
+        ("caption_languages", "caption languages (top 10)"),
+        ("signals", "signals"),
+    ):
         if result[key]:
             print_table(pa.Table.from_pylist(result[key]), title)
     dup = result["image_duplicates"]
@@ -219,8 +245,9 @@ def stats(
 
 @app.command(epilog="Example: zcurate demo --limit 500")
 def demo(
-    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Where to write the demo workspace.")]
-    = DEMO_WORKSPACE,
+    workspace: Annotated[
+        str, typer.Option("--workspace", "-w", help="Where to write the demo workspace.")
+    ] = DEMO_WORKSPACE,
     limit: Annotated[int, typer.Option(help="How many openclipart images to curate.")] = DEMO_LIMIT,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
 ) -> None:
@@ -236,15 +263,19 @@ def demo(
     summary = run_curate(src, Workspace(workspace), limit=limit, num_cpus=num_cpus)
     print_summary(summary)
     out.print(f"\nnext: zcurate stats --workspace {os.path.relpath(summary.workspace)}")
-    out.print(f"      zcurate sql \"SELECT caption, blur, entropy FROM sample_signals LIMIT 5\" "
-              f"--workspace {os.path.relpath(summary.workspace)}")
+    out.print(
+        f'      zcurate sql "SELECT caption, blur, entropy FROM sample_signals LIMIT 5" '
+        f"--workspace {os.path.relpath(summary.workspace)}"
+    )
 
 
 @app.command(name="reasons", epilog="Example: zcurate reasons")
 def reasons() -> None:
     """List every reject reason and warning code, with what it means."""
-    for title, codes in (("reject reasons (status = rejected)", schema.REJECT_REASONS),
-                         ("warnings (status = ok)", schema.WARNINGS)):
+    for title, codes in (
+        ("reject reasons (status = rejected)", schema.REJECT_REASONS),
+        ("warnings (status = ok)", schema.WARNINGS),
+    ):
         view = Table(title=title, title_justify="left")
         view.add_column("code")
         view.add_column("meaning")

@@ -45,9 +45,25 @@ FORMAT_EXTENSIONS = {
 }
 
 # Bits per pixel of Pillow modes, for the compression ratio's "ideal raw size".
-MODE_BITS = {"1": 1, "L": 8, "P": 8, "LA": 16, "PA": 16, "RGB": 24, "YCbCr": 24, "LAB": 24,
-             "HSV": 24, "RGBA": 32, "RGBa": 32, "CMYK": 32, "I;16": 16, "I;16B": 16, "I;16L": 16,
-             "I": 32, "F": 32}
+MODE_BITS = {
+    "1": 1,
+    "L": 8,
+    "P": 8,
+    "LA": 16,
+    "PA": 16,
+    "RGB": 24,
+    "YCbCr": 24,
+    "LAB": 24,
+    "HSV": 24,
+    "RGBA": 32,
+    "RGBa": 32,
+    "CMYK": 32,
+    "I;16": 16,
+    "I;16B": 16,
+    "I;16L": 16,
+    "I": 32,
+    "F": 32,
+}
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 
 # C0/C1 control characters other than tab and newline: invisible, and they break tokenisers.
@@ -233,8 +249,16 @@ def decode_image(data: bytes, name: str, cfg: IngestConfig) -> tuple[Image.Image
 
 def ingest_record(raw: RawRecord, source_key: str, cfg: IngestConfig) -> IngestResult:
     """Judge one record. Never raises for bad input."""
-    row = {"ref": raw.ref, "uri": raw.uri, "caption": None, "image_id": None, "status": schema.STATUS_OK,
-           "reject_reason": None, "reject_detail": None, "warnings": []}
+    row = {
+        "ref": raw.ref,
+        "uri": raw.uri,
+        "caption": None,
+        "image_id": None,
+        "status": schema.STATUS_OK,
+        "reject_reason": None,
+        "reject_detail": None,
+        "warnings": [],
+    }
     found: list[str] = []
     try:
         if raw.image_bytes is not None:
@@ -254,13 +278,22 @@ def ingest_record(raw: RawRecord, source_key: str, cfg: IngestConfig) -> IngestR
         image, info, image_warnings = decode_image(raw.image_bytes, raw.name, cfg)
         found += image_warnings
     except Reject as r:
-        row.update(status=schema.STATUS_REJECTED, reject_reason=r.reason, reject_detail=r.detail,
-                   warnings=found, sample_id=make_rejected_id(source_key, raw.ref))
+        row.update(
+            status=schema.STATUS_REJECTED,
+            reject_reason=r.reason,
+            reject_detail=r.detail,
+            warnings=found,
+            sample_id=make_rejected_id(source_key, raw.ref),
+        )
         return IngestResult(row=row, warnings=found)
     except Exception as e:  # a bug or a library crash on one file must not stop the shard
-        row.update(status=schema.STATUS_REJECTED, reject_reason="internal_error",
-                   reject_detail=f"{type(e).__name__}: {e}", warnings=found,
-                   sample_id=make_rejected_id(source_key, raw.ref))
+        row.update(
+            status=schema.STATUS_REJECTED,
+            reject_reason="internal_error",
+            reject_detail=f"{type(e).__name__}: {e}",
+            warnings=found,
+            sample_id=make_rejected_id(source_key, raw.ref),
+        )
         return IngestResult(row=row, warnings=found)
     row["sample_id"] = make_sample_id(row["image_id"], caption)
     row["warnings"] = found

@@ -164,7 +164,9 @@ class FolderSource:
         return stable_key(self.kind, self.base)
 
     def _uri(self, path: str) -> str:
-        return path if isinstance(self.fs, pafs.LocalFileSystem) else f"{self.location.split('://')[0]}://{path}"
+        return (
+            path if isinstance(self.fs, pafs.LocalFileSystem) else f"{self.location.split('://')[0]}://{path}"
+        )
 
     def list_records(self) -> pa.Table:
         selector = pafs.FileSelector(self.base, recursive=True)
@@ -183,8 +185,13 @@ class FolderSource:
             if not images:
                 if ".txt" in files:  # a caption whose image is gone
                     rows.append(
-                        {"ref": files[".txt"], "uri": None, "caption_ref": files[".txt"],
-                         "error": "missing_file", "detail": f"no image file next to {files['.txt']}"}
+                        {
+                            "ref": files[".txt"],
+                            "uri": None,
+                            "caption_ref": files[".txt"],
+                            "error": "missing_file",
+                            "detail": f"no image file next to {files['.txt']}",
+                        }
                     )
                 continue
             for rel in images:  # a.jpg and a.png with one a.txt: two records, one caption
@@ -247,8 +254,14 @@ class TableSource:
     @staticmethod
     def _detect_format(path: str) -> str:
         lower = path.lower()
-        for suffix, fmt in ((".parquet", "parquet"), (".csv", "csv"), (".tsv", "tsv"),
-                            (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl")):
+        for suffix, fmt in (
+            (".parquet", "parquet"),
+            (".csv", "csv"),
+            (".tsv", "tsv"),
+            (".jsonl", "jsonl"),
+            (".ndjson", "jsonl"),
+            (".json", "jsonl"),
+        ):
             if lower.endswith(suffix):
                 return fmt
         raise SourceError(f"{path!r}: table sources must end in .parquet, .csv, .tsv or .jsonl")
@@ -281,7 +294,9 @@ class TableSource:
         with self.fs.open_input_stream(self.path) as f:
             text = f.read().decode("utf-8", "surrogateescape")
         if self.format in ("csv", "tsv"):
-            reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if self.format == "tsv" else ",")
+            reader = csv.reader(
+                io.StringIO(text, newline=""), delimiter="\t" if self.format == "tsv" else ","
+            )
             header = next(reader, None)
             if not header:
                 raise SourceError(f"{self.location}: empty CSV (no header row)")
@@ -326,8 +341,9 @@ class TableSource:
                 continue
             image = row.get(self.image_col)
             if not isinstance(image, str) or not image.strip():
-                rows.append({"ref": ref, "error": "malformed_row",
-                             "detail": f"no value in column {self.image_col!r}"})
+                rows.append(
+                    {"ref": ref, "error": "malformed_row", "detail": f"no value in column {self.image_col!r}"}
+                )
                 continue
             caption = row.get(self.caption_col)
             if isinstance(caption, str):
@@ -345,8 +361,9 @@ class TableSource:
     def read_records(self, rows: pa.Table) -> Iterator[RawRecord]:
         for row in rows.to_pylist():
             uri = row["uri"]
-            record = RawRecord(ref=row["ref"], uri=uri, name=os.path.basename(uri or ""),
-                               caption_bytes=row["caption"])
+            record = RawRecord(
+                ref=row["ref"], uri=uri, name=os.path.basename(uri or ""), caption_bytes=row["caption"]
+            )
             if row["error"]:
                 record.error, record.detail = row["error"], row["detail"]
             elif uri.startswith(("http://", "https://")):
@@ -404,13 +421,21 @@ class WebDatasetSource:
     def list_records(self) -> pa.Table:
         rows = []
         for tar_path in self.tars:
-            tar_name = os.path.relpath(tar_path, self.base) if tar_path != self.base else os.path.basename(tar_path)
+            tar_name = (
+                os.path.relpath(tar_path, self.base) if tar_path != self.base else os.path.basename(tar_path)
+            )
             try:
                 with self._open_tar(tar_path) as tar:
                     members = [m.name for m in tar.getmembers() if m.isfile()]
             except (tarfile.TarError, OSError) as e:
-                rows.append({"ref": f"{tar_name}#", "uri": tar_path, "error": "malformed_row",
-                             "detail": f"unreadable tar: {e}"})
+                rows.append(
+                    {
+                        "ref": f"{tar_name}#",
+                        "uri": tar_path,
+                        "error": "malformed_row",
+                        "detail": f"unreadable tar: {e}",
+                    }
+                )
                 continue
             groups: dict[str, dict[str, str]] = {}
             for name in members:
@@ -422,12 +447,20 @@ class WebDatasetSource:
                 caption_ref = next((files[e] for e in CAPTION_EXTENSIONS if e in files), None)
                 if not images:
                     if caption_ref:
-                        rows.append({"ref": f"{tar_name}#{key}", "uri": None, "caption_ref": caption_ref,
-                                     "error": "missing_file", "detail": f"no image member for key {key!r}"})
+                        rows.append(
+                            {
+                                "ref": f"{tar_name}#{key}",
+                                "uri": None,
+                                "caption_ref": caption_ref,
+                                "error": "missing_file",
+                                "detail": f"no image member for key {key!r}",
+                            }
+                        )
                     continue
                 for name in images:
-                    rows.append({"ref": f"{tar_name}#{name}", "uri": f"{tar_path}#{name}",
-                                 "caption_ref": caption_ref})
+                    rows.append(
+                        {"ref": f"{tar_name}#{name}", "uri": f"{tar_path}#{name}", "caption_ref": caption_ref}
+                    )
         return _plan_table(rows)
 
     def read_records(self, rows: pa.Table) -> Iterator[RawRecord]:
@@ -478,6 +511,7 @@ class WebDatasetSource:
 
 
 # --- openclipart (the demo) ---------------------------------------------------------------------
+
 
 def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
@@ -539,8 +573,11 @@ class OpenclipartSource:
                     refs.append(os.path.relpath(os.path.join(directory, name), png_root))
         refs.sort(key=lambda r: (hashlib.blake2b(r.encode(), digest_size=8).digest(), r))
         rows = [
-            {"ref": r, "uri": os.path.join(png_root, r),
-             "caption_ref": os.path.join(self.root, "svg", r[:-4] + ".svg")}
+            {
+                "ref": r,
+                "uri": os.path.join(png_root, r),
+                "caption_ref": os.path.join(self.root, "svg", r[:-4] + ".svg"),
+            }
             for r in refs
         ]
         return _plan_table(rows)

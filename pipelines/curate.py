@@ -74,11 +74,17 @@ class CurateShard:
         first_row_of: dict[str, int] = {}  # sample_id -> row_index, for duplicates in this shard
         for row_index, record in enumerate(self.source.read_records(rows)):
             result = ingest(record)
-            sample = {**result.row, "source": self.source.location, "source_kind": self.source.kind,
-                      "shard_id": shard_id, "row_index": row_index}
+            sample = {
+                **result.row,
+                "source": self.source.location,
+                "source_kind": self.source.kind,
+                "shard_id": shard_id,
+                "row_index": row_index,
+            }
             if result.ok and sample["sample_id"] in first_row_of:
-                reject_duplicate(sample, f"{shard_id}:{first_row_of[sample['sample_id']]}",
-                                 self.plan.source_key)
+                reject_duplicate(
+                    sample, f"{shard_id}:{first_row_of[sample['sample_id']]}", self.plan.source_key
+                )
             elif result.ok:
                 first_row_of[sample["sample_id"]] = row_index
                 signals.append(profile(result))
@@ -92,9 +98,12 @@ class CurateShard:
 
 def reject_duplicate(sample: dict, kept: str, source_key: str) -> None:
     """Turn a usable row into a rejected duplicate of the row at ``kept`` (shard_id:row_index)."""
-    sample.update(status=schema.STATUS_REJECTED, reject_reason="duplicate_sample",
-                  reject_detail=f"same image and caption as {kept}",
-                  sample_id=make_rejected_id(source_key, sample["ref"]))
+    sample.update(
+        status=schema.STATUS_REJECTED,
+        reject_reason="duplicate_sample",
+        reject_detail=f"same image and caption as {kept}",
+        sample_id=make_rejected_id(source_key, sample["ref"]),
+    )
 
 
 def mark_duplicate_rows(ws: Workspace) -> int:
@@ -137,9 +146,15 @@ def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) 
     warnings = Counter(w for codes in ok_rows["warnings"].to_pylist() for w in (codes or []))
     source = table["source"][0].as_py() if table.num_rows else ""
     return CurateSummary(
-        workspace=ws.root, source=source, shards_total=plan.shard_count, shards_run=shards_run,
-        samples=table.num_rows, ok=status[schema.STATUS_OK], rejected=status[schema.STATUS_REJECTED],
-        reject_reasons=dict(reasons.most_common()), warnings=dict(warnings.most_common()),
+        workspace=ws.root,
+        source=source,
+        shards_total=plan.shard_count,
+        shards_run=shards_run,
+        samples=table.num_rows,
+        ok=status[schema.STATUS_OK],
+        rejected=status[schema.STATUS_REJECTED],
+        reject_reasons=dict(reasons.most_common()),
+        warnings=dict(warnings.most_common()),
         duplicates_marked=duplicates,
     )
 

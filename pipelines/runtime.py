@@ -24,8 +24,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         yield
         return
     address = os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING,
-                    "configure_logging": True}
+    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "configure_logging": True}
     if address is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count()
         # The curate job moves shard summaries, not images, through the object store: 1 GiB is

@@ -58,5 +58,9 @@ class ProfileStage:
         if image_signals is None:
             image_signals = profile_image(result.image, result.info)
             self._image_signals[row["image_id"]] = image_signals
-        return {"sample_id": row["sample_id"], "image_id": row["image_id"], **image_signals,
-                **profile_caption(row["caption"])}
+        return {
+            "sample_id": row["sample_id"],
+            "image_id": row["image_id"],
+            **image_signals,
+            **profile_caption(row["caption"]),
+        }

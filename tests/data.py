@@ -63,46 +63,99 @@ def bad_input_cases() -> dict[str, Case]:
     bomb = Image.new("1", (12_000, 9_000))  # 108 MP, a ~15 kB PNG: a real decompression bomb
     return {
         "good": Case("good.jpg", jpeg_bytes(good), b"a good photo", "ok"),
-        "good_json": Case("good_json.png", png_bytes(noise_image(9)), b'{"caption": "from json"}', "ok",
-                          caption_json=True),
+        "good_json": Case(
+            "good_json.png", png_bytes(noise_image(9)), b'{"caption": "from json"}', "ok", caption_json=True
+        ),
         "corrupt": Case("corrupt.png", bytes(corrupt), b"corrupt data", "rejected", "corrupt_image"),
-        "truncated": Case("truncated.jpg", truncated[: len(truncated) // 2], b"cut short", "rejected",
-                          "truncated_image"),
+        "truncated": Case(
+            "truncated.jpg", truncated[: len(truncated) // 2], b"cut short", "rejected", "truncated_image"
+        ),
         "zero": Case("zero.jpg", b"", b"zero bytes", "rejected", "empty_file"),
-        "not_image": Case("not_image.png", b"this is plain text, not a PNG\n" * 4, b"text file", "rejected",
-                          "not_an_image"),
-        "wrong_ext": Case("wrong_ext.jpg", png_bytes(noise_image(10)), b"a png named jpg", "ok",
-                          warnings={"extension_mismatch"}),
-        "animated": Case("animated.gif", animated.getvalue(), b"two frames", "ok",
-                         warnings={"animated_first_frame", "converted_mode"}),
-        "cmyk": Case("cmyk.jpg", jpeg_bytes(noise_image(11, mode="CMYK")), b"cmyk photo", "ok",
-                     warnings={"converted_mode"}),
-        "sixteen_bit": Case("sixteen_bit.png", png_bytes(sixteen), b"16-bit grey", "ok",
-                            warnings={"converted_mode"}),
-        "palette": Case("palette.png", png_bytes(palette), b"palette image", "ok",
-                        warnings={"converted_mode"}),
-        "alpha": Case("alpha.png", png_bytes(alpha), b"transparent image", "ok",
-                      warnings={"converted_mode", "alpha_flattened"}),
-        "rotated": Case("rotated.jpg", jpeg_bytes(rotated, exif=exif), b"rotated by exif", "ok",
-                        warnings={"exif_rotated"}),
+        "not_image": Case(
+            "not_image.png", b"this is plain text, not a PNG\n" * 4, b"text file", "rejected", "not_an_image"
+        ),
+        "wrong_ext": Case(
+            "wrong_ext.jpg",
+            png_bytes(noise_image(10)),
+            b"a png named jpg",
+            "ok",
+            warnings={"extension_mismatch"},
+        ),
+        "animated": Case(
+            "animated.gif",
+            animated.getvalue(),
+            b"two frames",
+            "ok",
+            warnings={"animated_first_frame", "converted_mode"},
+        ),
+        "cmyk": Case(
+            "cmyk.jpg",
+            jpeg_bytes(noise_image(11, mode="CMYK")),
+            b"cmyk photo",
+            "ok",
+            warnings={"converted_mode"},
+        ),
+        "sixteen_bit": Case(
+            "sixteen_bit.png", png_bytes(sixteen), b"16-bit grey", "ok", warnings={"converted_mode"}
+        ),
+        "palette": Case(
+            "palette.png", png_bytes(palette), b"palette image", "ok", warnings={"converted_mode"}
+        ),
+        "alpha": Case(
+            "alpha.png",
+            png_bytes(alpha),
+            b"transparent image",
+            "ok",
+            warnings={"converted_mode", "alpha_flattened"},
+        ),
+        "rotated": Case(
+            "rotated.jpg", jpeg_bytes(rotated, exif=exif), b"rotated by exif", "ok", warnings={"exif_rotated"}
+        ),
         "bomb": Case("bomb.png", png_bytes(bomb, optimize=True), b"huge", "rejected", "decompression_bomb"),
         "no_caption": Case("no_caption.png", png_bytes(noise_image(12)), None, "rejected", "missing_caption"),
-        "empty_caption": Case("empty_caption.png", png_bytes(noise_image(13)), b"  \n\t ", "rejected",
-                              "empty_caption"),
-        "latin1": Case("latin1.png", png_bytes(noise_image(14)), "café au lait".encode("latin-1"), "ok",
-                       warnings={"caption_not_utf8"}),
-        "long_caption": Case("long_caption.png", png_bytes(noise_image(15)), b"word " * 1000, "ok",
-                             warnings={"caption_truncated"}),
-        "control_chars": Case("control_chars.png", png_bytes(noise_image(16)), b"bell\x07 and null\x00 chars",
-                              "ok", warnings={"caption_control_chars_removed"}),
-        "bad_json": Case("bad_json.png", png_bytes(noise_image(17)), b'{"caption": "unterminated', "rejected",
-                         "malformed_caption_file", caption_json=True),
+        "empty_caption": Case(
+            "empty_caption.png", png_bytes(noise_image(13)), b"  \n\t ", "rejected", "empty_caption"
+        ),
+        "latin1": Case(
+            "latin1.png",
+            png_bytes(noise_image(14)),
+            "café au lait".encode("latin-1"),
+            "ok",
+            warnings={"caption_not_utf8"},
+        ),
+        "long_caption": Case(
+            "long_caption.png",
+            png_bytes(noise_image(15)),
+            b"word " * 1000,
+            "ok",
+            warnings={"caption_truncated"},
+        ),
+        "control_chars": Case(
+            "control_chars.png",
+            png_bytes(noise_image(16)),
+            b"bell\x07 and null\x00 chars",
+            "ok",
+            warnings={"caption_control_chars_removed"},
+        ),
+        "bad_json": Case(
+            "bad_json.png",
+            png_bytes(noise_image(17)),
+            b'{"caption": "unterminated',
+            "rejected",
+            "malformed_caption_file",
+            caption_json=True,
+        ),
         "missing_image": Case(None, None, b"caption without its image", "rejected", "missing_file"),
         "dup_a": Case("dup_a.png", png_bytes(noise_image(18)), b"the same pair twice", "ok"),
-        "dup_b": Case("dup_b.png", png_bytes(noise_image(18)), b"the same pair twice", "rejected",
-                      "duplicate_sample"),
-        "same_image_other_caption": Case("same_image_other_caption.png", png_bytes(noise_image(18)),
-                                         b"the same image, another caption", "ok"),
+        "dup_b": Case(
+            "dup_b.png", png_bytes(noise_image(18)), b"the same pair twice", "rejected", "duplicate_sample"
+        ),
+        "same_image_other_caption": Case(
+            "same_image_other_caption.png",
+            png_bytes(noise_image(18)),
+            b"the same image, another caption",
+            "ok",
+        ),
     }
 
 
@@ -117,8 +170,6 @@ def write_case_folder(folder: str, cases: dict[str, Case]) -> str:
             with open(os.path.join(folder, stem + ext), "wb") as f:
                 f.write(case.caption)
     return folder
-
-
 
 
 def write_noise_folder(folder: str, n: int, size=(64, 64)) -> str:

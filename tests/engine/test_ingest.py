@@ -128,8 +128,9 @@ def test_clean_caption(raw, expected, warnings):
     assert clean_caption(raw, 100) == (expected, warnings)
 
 
-@pytest.mark.parametrize(("raw", "reason"), [(None, "missing_caption"), (b"", "empty_caption"),
-                                             (b"\x00\x01 \n", "empty_caption")])
+@pytest.mark.parametrize(
+    ("raw", "reason"), [(None, "missing_caption"), (b"", "empty_caption"), (b"\x00\x01 \n", "empty_caption")]
+)
 def test_clean_caption_rejects(raw, reason):
     from engine.ingest import Reject
 
@@ -141,13 +142,15 @@ def test_clean_caption_rejects(raw, reason):
 def test_find_duplicate_rows_keeps_the_earliest_row():
     import pyarrow as pa
 
-    table = pa.table({
-        "sample_id": ["a", "b", "a", "a", "c"],
-        "status": ["ok", "ok", "ok", "rejected", "ok"],
-        "shard_id": ["s-1", "s-0", "s-0", "s-0", "s-1"],
-        "row_index": [0, 0, 5, 1, 1],
-        "ref": ["r1", "r2", "r3", "r4", "r5"],
-    })
+    table = pa.table(
+        {
+            "sample_id": ["a", "b", "a", "a", "c"],
+            "status": ["ok", "ok", "ok", "rejected", "ok"],
+            "shard_id": ["s-1", "s-0", "s-0", "s-0", "s-1"],
+            "row_index": [0, 0, 5, 1, 1],
+            "ref": ["r1", "r2", "r3", "r4", "r5"],
+        }
+    )
     dups = find_duplicate_rows(table)
     assert dups.select(["ref", "kept"]).to_pylist() == [{"ref": "r1", "kept": "s-0:5"}]
 

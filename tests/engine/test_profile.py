@@ -173,8 +173,14 @@ def test_border_band_is_min_side_over_16():
     # Now make the second ring (depth 1) 20: the band holds the outer ring (1 px deep) at 10
     # and the next at 20. Outer ring: 2*40 + 2*30 = 140 px; next ring: 2*38 + 2*28 = 132 px.
     rows = [
-        [10 if min(i, j, h - 1 - i, w - 1 - j) == 0 else 20 if min(i, j, h - 1 - i, w - 1 - j) == 1 else 200
-         for j in range(w)]
+        [
+            10
+            if min(i, j, h - 1 - i, w - 1 - j) == 0
+            else 20
+            if min(i, j, h - 1 - i, w - 1 - j) == 1
+            else 200
+            for j in range(w)
+        ]
         for i in range(h)
     ]
     n10, n20 = 140, 132
@@ -411,8 +417,13 @@ def test_count_words():
 def test_profile_caption_english():
     caption = "a red bicycle leaning against a brick wall"
     signals = profile_caption(caption)
-    assert set(signals) == {"caption_chars", "caption_words", "caption_lang", "caption_lang_prob",
-                            "caption_has_cjk"}
+    assert set(signals) == {
+        "caption_chars",
+        "caption_words",
+        "caption_lang",
+        "caption_lang_prob",
+        "caption_has_cjk",
+    }
     assert signals["caption_chars"] == 42
     assert signals["caption_words"] == 8
     assert signals["caption_lang"] == "en"

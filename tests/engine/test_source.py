@@ -60,7 +60,7 @@ def expected_ids(items) -> set[tuple[str, str]]:
 
 
 def test_folder_source(pairs, tmp_path):
-    root, items = pairs
+    _, items = pairs
     folder = tmp_path / "folder"
     folder.mkdir()
     for name, data, caption in items:
@@ -73,8 +73,10 @@ def test_folder_source(pairs, tmp_path):
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv", "jsonl"])
 def test_table_sources_give_the_same_samples(pairs, fmt):
     root, items = pairs
-    rows = [{"image": f"images/{name}", "caption": caption, "extra": i} for i, (name, _, caption) in
-            enumerate(items)]
+    rows = [
+        {"image": f"images/{name}", "caption": caption, "extra": i}
+        for i, (name, _, caption) in enumerate(items)
+    ]
     path = root / f"pairs.{fmt}"
     if fmt == "parquet":
         pq.write_table(pa.Table.from_pylist(rows), path)
@@ -91,7 +93,7 @@ def test_table_sources_give_the_same_samples(pairs, fmt):
 
 
 def test_webdataset_source_gives_the_same_samples(pairs, tmp_path):
-    root, items = pairs
+    _, items = pairs
     tar_dir = tmp_path / "wds"
     tar_dir.mkdir()
     for shard in range(2):  # two tars, members split between them
@@ -101,7 +103,10 @@ def test_webdataset_source_gives_the_same_samples(pairs, tmp_path):
                     continue
                 key, ext = f"sample{i:04d}", name.rsplit(".", 1)[1]
                 sidecar = caption.encode() if i % 3 else json.dumps({"caption": caption}).encode()
-                for member, payload in ((f"{key}.{ext}", data), (f"{key}.{'txt' if i % 3 else 'json'}", sidecar)):
+                for member, payload in (
+                    (f"{key}.{ext}", data),
+                    (f"{key}.{'txt' if i % 3 else 'json'}", sidecar),
+                ):
                     info = tarfile.TarInfo(member)
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -115,9 +120,14 @@ def test_webdataset_source_gives_the_same_samples(pairs, tmp_path):
 def test_webdataset_bad_members(tmp_path):
     path = tmp_path / "bad.tar"
     with tarfile.open(path, "w") as tar:
-        for member, payload in (("a.txt", b"caption only"), ("b.png", b"not a png"), ("b.txt", b"cap"),
-                                ("c.png", png_bytes(noise_image(1))), ("d.jpg", jpeg_bytes(noise_image(2))),
-                                ("d.json", b"[1, 2]")):
+        for member, payload in (
+            ("a.txt", b"caption only"),
+            ("b.png", b"not a png"),
+            ("b.txt", b"cap"),
+            ("c.png", png_bytes(noise_image(1))),
+            ("d.jpg", jpeg_bytes(noise_image(2))),
+            ("d.json", b"[1, 2]"),
+        ):
             info = tarfile.TarInfo(member)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
@@ -137,8 +147,12 @@ def test_table_bad_rows(pairs):
         + f"images/{good_name},fine\n".encode()
         + b"images/missing.png,no such file\n"
         + b",no image path\n"
-        + b"images/" + good_name.encode() + b",extra,field\n"
-        + b"images/" + good_name.encode() + b",caf\xe9 latin-1\n"
+        + b"images/"
+        + good_name.encode()
+        + b",extra,field\n"
+        + b"images/"
+        + good_name.encode()
+        + b",caf\xe9 latin-1\n"
         + f"images/{good_name},\n".encode()
         + f"{root}/images/{good_name},absolute path\n".encode()
         + b"http://example.com/x.jpg,remote\n"
@@ -162,8 +176,12 @@ def test_jsonl_bad_lines(pairs):
     root, items = pairs
     path = root / "bad.jsonl"
     path.write_text(
-        json.dumps({"image": f"images/{items[0][0]}", "caption": "ok"}) + "\n"
-        + "{not json\n" + "[1, 2]\n" + json.dumps({"image": f"images/{items[1][0]}"}) + "\n\n",
+        json.dumps({"image": f"images/{items[0][0]}", "caption": "ok"})
+        + "\n"
+        + "{not json\n"
+        + "[1, 2]\n"
+        + json.dumps({"image": f"images/{items[1][0]}"})
+        + "\n\n",
         encoding="utf-8",
     )
     rows = ingest_all(load_source(str(path)))
@@ -204,8 +222,10 @@ def test_openclipart_caption_from_svg_metadata():
     assert openclipart_caption(svg) == "scale: tool, mass"
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/openclipart/png"),
-                    reason="needs Debian's openclipart-png (scripts/setup.sh installs it)")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/openclipart/png"),
+    reason="needs Debian's openclipart-png (scripts/setup.sh installs it)",
+)
 def test_openclipart_demo_source_is_real_and_ordered():
     source = OpenclipartSource()
     listing = source.list_records()

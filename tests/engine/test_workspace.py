@@ -10,18 +10,33 @@ import pytest
 
 from engine import schema
 from engine.catalog import dataset_stats, refresh_catalog, run_sql
+from engine.ingest import IngestConfig
 from engine.plan import plan_source, read_shard_rows
 from engine.source import FolderSource
 from engine.workspace import Workspace
 from pipelines.curate import CurateShard, mark_duplicate_rows
-from engine.ingest import IngestConfig
 from tests.data import write_noise_folder
 
 
 def sample_rows(n: int, shard_id: str) -> pa.Table:
-    rows = [{"sample_id": f"{shard_id}-{i}", "image_id": f"img{i}", "source": "/src", "source_kind": "folder",
-             "shard_id": shard_id, "row_index": i, "ref": f"r{i}", "uri": f"/src/r{i}", "caption": "c",
-             "status": "ok", "reject_reason": None, "reject_detail": None, "warnings": []} for i in range(n)]
+    rows = [
+        {
+            "sample_id": f"{shard_id}-{i}",
+            "image_id": f"img{i}",
+            "source": "/src",
+            "source_kind": "folder",
+            "shard_id": shard_id,
+            "row_index": i,
+            "ref": f"r{i}",
+            "uri": f"/src/r{i}",
+            "caption": "c",
+            "status": "ok",
+            "reject_reason": None,
+            "reject_detail": None,
+            "warnings": [],
+        }
+        for i in range(n)
+    ]
     return pa.Table.from_pylist(rows, schema=schema.SAMPLES)
 
 
@@ -116,7 +131,9 @@ def test_catalog_views(tmp_path):
         task({"shard": i})
     refresh_catalog(ws)
     assert run_sql(ws, "SELECT count(*) AS n FROM sample_signals").to_pylist() == [{"n": 4}]
-    assert run_sql(ws, "SELECT * FROM reject_reasons").to_pylist() == [{"reject_reason": "empty_file", "n": 1}]
+    assert run_sql(ws, "SELECT * FROM reject_reasons").to_pylist() == [
+        {"reject_reason": "empty_file", "n": 1}
+    ]
     assert run_sql(ws, "SELECT count(*) AS n FROM samples WHERE status = ?", ["ok"]).to_pylist() == [{"n": 4}]
     # the catalog file works on its own, as `duckdb WS/catalog.duckdb` would open it
     con = duckdb.connect(str(tmp_path / "ws/catalog.duckdb"), read_only=True)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -25,7 +26,9 @@ ZCURATE = os.path.join(os.path.dirname(sys.executable), "zcurate")
 def zcurate(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     result = subprocess.run([ZCURATE, *args], capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"zcurate {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"zcurate {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -39,8 +42,12 @@ def curated(case_folder, tmp_path_factory) -> tuple[str, subprocess.CompletedPro
 
 def test_every_bad_input_is_a_row_with_its_reason(curated, cases):
     ws, result = curated
-    rows = {r["ref"].rsplit(".", 1)[0]: r for r in
-            run_sql(Workspace(ws), "SELECT ref, status, reject_reason, warnings FROM samples").to_pylist()}
+    rows = {
+        r["ref"].rsplit(".", 1)[0]: r
+        for r in run_sql(
+            Workspace(ws), "SELECT ref, status, reject_reason, warnings FROM samples"
+        ).to_pylist()
+    }
     assert set(rows) == set(cases)  # nothing lost, nothing twice
     for stem, case in cases.items():
         assert rows[stem]["status"] == case.status, (stem, rows[stem])
@@ -54,9 +61,12 @@ def test_every_bad_input_is_a_row_with_its_reason(curated, cases):
 
 def test_signals_only_for_usable_pairs(curated, cases):
     ws, _ = curated
-    counts = run_sql(Workspace(ws), "SELECT (SELECT count(*) FROM samples WHERE status = 'ok') AS ok, "
-                                    "(SELECT count(*) FROM signals) AS signals, "
-                                    "(SELECT count(*) FROM sample_signals) AS joined").to_pylist()[0]
+    counts = run_sql(
+        Workspace(ws),
+        "SELECT (SELECT count(*) FROM samples WHERE status = 'ok') AS ok, "
+        "(SELECT count(*) FROM signals) AS signals, "
+        "(SELECT count(*) FROM sample_signals) AS joined",
+    ).to_pylist()[0]
     n_ok = sum(c.status == "ok" for c in cases.values())
     assert counts == {"ok": n_ok, "signals": n_ok, "joined": n_ok}
     dup = run_sql(Workspace(ws), "SELECT n_samples FROM image_duplicates").to_pylist()
@@ -68,8 +78,10 @@ def test_sql_command_formats(curated, tmp_path):
     query = "SELECT reject_reason, n FROM reject_reasons WHERE reject_reason = 'empty_file'"
     as_json = json.loads(zcurate("sql", query, "-w", ws, "--format", "json").stdout)
     assert as_json == [{"reject_reason": "empty_file", "n": 1}]
-    assert zcurate("sql", query, "-w", ws, "--format", "csv").stdout.splitlines() == ["reject_reason,n",
-                                                                                       "empty_file,1"]
+    assert zcurate("sql", query, "-w", ws, "--format", "csv").stdout.splitlines() == [
+        "reject_reason,n",
+        "empty_file,1",
+    ]
     assert "empty_file" in zcurate("sql", query, "-w", ws).stdout
     out = tmp_path / "r.parquet"
     zcurate("sql", query, "-w", ws, "--format", "parquet", "--output", str(out))
@@ -88,23 +100,24 @@ def test_stats_command(curated, cases):
 
 def test_rerun_does_nothing_and_changes_nothing(curated, case_folder):
     ws, _ = curated
-    before = {p: open(p, "rb").read() for p in glob.glob(f"{ws}/*/*.parquet")}
+    before = {p: Path(p).read_bytes() for p in glob.glob(f"{ws}/*/*.parquet")}
     rerun = zcurate("curate", case_folder, "--workspace", ws, "--shard-size", "5")
     assert "0 / 5" in rerun.stdout  # shards run / total: nothing left to do
-    after = {p: open(p, "rb").read() for p in glob.glob(f"{ws}/*/*.parquet")}
+    after = {p: Path(p).read_bytes() for p in glob.glob(f"{ws}/*/*.parquet")}
     assert before == after
 
 
 def test_same_source_twice_is_byte_identical(case_folder, curated, tmp_path):
     ws, _ = curated
+    uri = f"file://{tmp_path}/ws2"  # a pyarrow filesystem URI works wherever a path does
+    zcurate("curate", case_folder, "--workspace", uri, "--shard-size", "5", "--num-cpus", "1")
     again = str(tmp_path / "ws2")
-    zcurate("curate", case_folder, "--workspace", again, "--shard-size", "5", "--num-cpus", "1")
     for table in ("samples", "signals"):
         first = sorted(glob.glob(f"{ws}/{table}/*.parquet"))
         second = sorted(glob.glob(f"{again}/{table}/*.parquet"))
         assert [os.path.basename(p) for p in first] == [os.path.basename(p) for p in second]
         for a, b in zip(first, second, strict=True):
-            assert open(a, "rb").read() == open(b, "rb").read(), a
+            assert Path(a).read_bytes() == Path(b).read_bytes(), a
 
 
 def test_bad_arguments_give_one_line_errors(tmp_path):
@@ -123,8 +136,12 @@ def test_sigkill_mid_job_then_resume_equals_an_uninterrupted_run(tmp_path):
     src = write_noise_folder(str(tmp_path / "src"), 240, size=(256, 256))
     killed, clean = str(tmp_path / "killed"), str(tmp_path / "clean")
     args = ["curate", src, "--shard-size", "8", "--num-cpus", "1"]
-    job = subprocess.Popen([ZCURATE, *args, "-w", killed], start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        [ZCURATE, *args, "-w", killed],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while len(glob.glob(f"{killed}/samples/*.parquet")) < 3:
         assert job.poll() is None, "the job ended before it could be killed"
@@ -144,4 +161,4 @@ def test_sigkill_mid_job_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert run_sql(Workspace(killed), "SELECT count(*) AS n FROM signals").to_pylist() == [{"n": 240}]
     for path in sorted(glob.glob(f"{clean}/*/*.parquet")):
         other = path.replace(clean, killed)
-        assert open(path, "rb").read() == open(other, "rb").read(), f"{path} differs after resume"
+        assert Path(path).read_bytes() == Path(other).read_bytes(), f"{path} differs after resume"
