@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from engine import schema
 from engine.ingest import IngestConfig, IngestResult, ingest_record
-from engine.profile import profile_caption, profile_image
+from engine.profile import detect_language, profile_caption, profile_image
 from engine.source import RawRecord
 
 
@@ -50,6 +50,8 @@ class ProfileStage:
     _image_signals: dict[str, dict] = field(default_factory=dict, repr=False)
 
     def setup(self) -> None:
+        """Load the language model now (once per actor) and start with an empty image cache."""
+        detect_language("warm up")
         self._image_signals.clear()
 
     def __call__(self, result: IngestResult) -> dict:
