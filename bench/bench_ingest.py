@@ -75,6 +75,29 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _burn(n: int) -> float:
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i * i
+    return time.perf_counter() - t0
+
+
+def parallel_ceiling(k: int, n: int = 20_000_000) -> float:
+    """Speed-up of k processes of pure Python arithmetic over one: what the machine itself allows.
+
+    On a shared VM two vCPUs rarely give 2x; a Ray ratio is best read against this number.
+    """
+    import multiprocessing
+
+    one = _burn(n)
+    with multiprocessing.get_context("spawn").Pool(k) as pool:
+        t0 = time.perf_counter()
+        pool.map(_burn, [n] * k)
+        parallel = time.perf_counter() - t0
+    return k * one / parallel
+
+
 def warm_page_cache(source, n: int) -> None:
     """Read the N PNG and SVG files once, untimed, so no path pays for a cold disk."""
     for row in source.list_records().slice(0, n).to_pylist():
@@ -234,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if env["ray_address"]:
         print(f"note: RAY_ADDRESS={env['ray_address']}: the Ray path runs on that cluster, not locally")
     warm_page_cache(source, n)
+    env["parallel_ceiling"] = parallel_ceiling(args.num_cpus)
+    print(f"machine ceiling: {args.num_cpus} processes of pure Python run {env['parallel_ceiling']:.2f}x one")
 
     runs: list[dict] = []
     problems: list[str] = []
@@ -329,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(markdown_table(n, loop_s, e2e_s, warm_s, second_s, init_s, loop_shards_s, span_s))
+    print(
+        f"| machine ceiling: {args.num_cpus} pure-Python processes vs one | | | "
+        f"{env['parallel_ceiling']:.2f}x |"
+    )
     print()
     print(
         f"ratio (ray images/s / loop images/s): incl. start-up {loop_s / e2e_s:.2f}, "

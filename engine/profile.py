@@ -12,7 +12,8 @@ Formulas (every one is checked by hand in tests/engine/test_profile.py):
 * ``border_variance``: population variance of the grey levels in the outer band of
   ``max(1, min(w, h) // 16)`` pixels on all four sides; near 0 for padded or letterboxed images.
 * ``jpeg_bpp``: bits per pixel of the analysis copy re-encoded as JPEG at quality ``JPEG_QUALITY``
-  (4:2:0, no optimisation); a proxy for visual information content.
+  (4:2:0, no optimisation); a proxy for visual information content. The ~600 header bytes are
+  included, so it is only meaningful above ~64x64 px (a 1x1 image gives ~5000).
 * ``blur``: population variance of the 4-neighbour Laplacian (0 1 0 / 1 -4 1 / 0 1 0) of the grey
   levels, on interior pixels; low for blurry images.
 * ``colourfulness``: Hasler & Suesstrunk (2003): rg = R - G, yb = (R + G) / 2 - B,

@@ -22,6 +22,7 @@ import os
 import tarfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -415,8 +416,11 @@ class WebDatasetSource:
     def key(self) -> str:
         return stable_key(self.kind, self.base)
 
-    def _open_tar(self, path: str):
-        return tarfile.open(fileobj=self.fs.open_input_file(path), mode="r:")
+    @contextmanager
+    def _open_tar(self, path: str) -> Iterator[tarfile.TarFile]:
+        """A tar opened for random access; closes the underlying file too (tarfile does not)."""
+        with self.fs.open_input_file(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            yield tar
 
     def list_records(self) -> pa.Table:
         rows = []
@@ -469,34 +473,35 @@ class WebDatasetSource:
             tar_path = (row["uri"] or "").split("#", 1)[0]
             by_tar.setdefault(tar_path, []).append(row)
         for tar_path, tar_rows in by_tar.items():
-            tar = None
-            try:
-                tar = self._open_tar(tar_path) if tar_path else None
-                index = {m.name: m for m in tar.getmembers()} if tar else {}
-            except (tarfile.TarError, OSError) as e:
-                index, open_error = {}, str(e)
-            else:
-                open_error = None
-            for row in tar_rows:
-                member = (row["uri"] or "#").split("#", 1)[1]
-                record = RawRecord(ref=row["ref"], uri=row["uri"], name=member)
-                if row["error"]:
-                    record.error, record.detail = row["error"], row["detail"]
-                elif open_error:
-                    record.error, record.detail = "missing_file", f"tar unreadable: {open_error}"
-                else:
-                    record.image_bytes, err = self._member(tar, index, member)
-                    record.error, record.detail = split_error(err)
-                    if row["caption_ref"]:
-                        cap, cerr = self._member(tar, index, row["caption_ref"])
-                        if cap is not None and row["caption_ref"].endswith(".json"):
-                            cap, cerr = caption_from_json(cap)
-                        record.caption_bytes = cap
-                        if cerr and not record.error:
-                            record.error, record.detail = split_error(cerr)
-                yield record
-            if tar is not None:
-                tar.close()
+            with ExitStack() as stack:
+                tar, index, open_error = None, {}, None
+                if tar_path:
+                    try:
+                        tar = stack.enter_context(self._open_tar(tar_path))
+                        index = {m.name: m for m in tar.getmembers()}
+                    except (tarfile.TarError, OSError) as e:
+                        open_error = str(e)
+                for row in tar_rows:
+                    yield self._read_row(row, tar, index, open_error)
+
+    def _read_row(self, row: dict, tar, index: dict, open_error: str | None) -> RawRecord:
+        member = (row["uri"] or "#").split("#", 1)[1]
+        record = RawRecord(ref=row["ref"], uri=row["uri"], name=member)
+        if row["error"]:
+            record.error, record.detail = row["error"], row["detail"]
+        elif open_error:
+            record.error, record.detail = "missing_file", f"tar unreadable: {open_error}"
+        else:
+            record.image_bytes, err = self._member(tar, index, member)
+            record.error, record.detail = split_error(err)
+            if row["caption_ref"]:
+                cap, cerr = self._member(tar, index, row["caption_ref"])
+                if cap is not None and row["caption_ref"].endswith(".json"):
+                    cap, cerr = caption_from_json(cap)
+                record.caption_bytes = cap
+                if cerr and not record.error:
+                    record.error, record.detail = split_error(cerr)
+        return record
 
     def _member(self, tar, index, name) -> tuple[bytes | None, str | None]:
         info = index.get(name)

@@ -92,8 +92,16 @@ class CurateShard:
                 kept = f"{shard_id}:{first_row_of[sample['sample_id']]}"
                 reject_duplicate(sample, kept, self.plan.source_key)
             elif result.ok:
-                first_row_of[sample["sample_id"]] = row_index
-                signals.append(self.profile(result))
+                try:
+                    signals.append(self.profile(result))
+                    first_row_of[sample["sample_id"]] = row_index
+                except Exception as e:  # one image that breaks a profiler must not fail the shard
+                    sample.update(
+                        status=schema.STATUS_REJECTED,
+                        reject_reason="internal_error",
+                        reject_detail=f"profile: {type(e).__name__}: {e}",
+                        sample_id=make_rejected_id(self.plan.source_key, sample["ref"]),
+                    )
             samples.append(sample)
             result.image = None  # free the decoded pixels before the next record
         self.ws.write_shard("signals", shard_id, pa.Table.from_pylist(signals, schema=schema.SIGNALS))

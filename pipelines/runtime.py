@@ -11,6 +11,13 @@ from contextlib import contextmanager
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+class _DropNotice(logging.Filter):
+    """Drops Ray Data's notice that its progress bars are off: the job draws its own bar."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Progress bars disabled" not in record.getMessage()
+
+
 @contextmanager
 def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     """Connect to Ray for the duration of a job, and shut down what this job started.
@@ -31,6 +38,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         # ample and leaves the rest of the machine's memory to the decoding workers.
         kwargs["object_store_memory"] = 1 << 30
     ray.init(address=address, **kwargs)
+    logging.getLogger("ray.data._internal.progress").addFilter(_DropNotice())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job draws its own bar per shard
     context.print_on_execution_start = False
