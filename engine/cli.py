@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from engine import schema
+from engine.ingest import IngestConfig
+from pipelines.curate import DEFAULT_SHARD_SIZE
 
 app = typer.Typer(
     name="zcurate",
@@ -30,6 +32,7 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
+DEFAULTS = IngestConfig()
 DEMO_WORKSPACE = "workspaces/demo"  # relative to the current directory; ignored by git
 DEMO_LIMIT = 2000  # openclipart images the demo curates: ~1 minute on 2 cores (README)
 
@@ -149,10 +152,18 @@ def curate(
     ] = None,
     caption_column: Annotated[str | None, typer.Option(help="Table sources: the caption column.")] = None,
     limit: Annotated[int | None, typer.Option(help="Take only the first N records of the source.")] = None,
-    shard_size: Annotated[int, typer.Option(help="Records per shard (the unit of work and resume).")] = 256,
-    max_pixels: Annotated[int, typer.Option(help="Reject images above this many pixels.")] = 100_000_000,
-    max_file_bytes: Annotated[int, typer.Option(help="Reject image files above this size.")] = 256 * 2**20,
-    max_caption_chars: Annotated[int, typer.Option(help="Truncate captions beyond this length.")] = 4000,
+    shard_size: Annotated[
+        int, typer.Option(help="Records per shard (the unit of work and resume).")
+    ] = DEFAULT_SHARD_SIZE,
+    max_pixels: Annotated[
+        int, typer.Option(help="Reject images above this many pixels.")
+    ] = DEFAULTS.max_pixels,
+    max_file_bytes: Annotated[
+        int, typer.Option(help="Reject image files above this size.")
+    ] = DEFAULTS.max_file_bytes,
+    max_caption_chars: Annotated[
+        int, typer.Option(help="Truncate captions beyond this length.")
+    ] = DEFAULTS.max_caption_chars,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
 ) -> None:
     """Ingest and profile image-text pairs into a workspace, on Ray.
@@ -160,7 +171,6 @@ def curate(
     Runs on a local Ray started for the job, or on the cluster named by RAY_ADDRESS. Killed jobs
     resume: run the same command again.
     """
-    from engine.ingest import IngestConfig
     from engine.source import SourceError, load_source
     from engine.workspace import Workspace
     from pipelines.curate import run_curate

@@ -139,6 +139,34 @@ def _read_file(fs: pafs.FileSystem, path: str, max_bytes: int) -> tuple[bytes | 
         return None, f"missing_file:{e}"
 
 
+def pair_files(groups: dict[str, dict[str, str]], orphan_captions: tuple[str, ...]) -> Iterator[tuple]:
+    """Turn files grouped by key ({key: {extension: name}}) into records, in key order.
+
+    Yields ``(key, image name, caption name)`` per image (two images with one caption are two
+    records), and ``(key, None, caption name)`` for a caption with an extension in
+    ``orphan_captions`` whose image is gone. Other groups without an image are metadata.
+    """
+    for key in sorted(groups):
+        files = groups[key]
+        images = sorted(name for ext, name in files.items() if ext in IMAGE_EXTENSIONS)
+        caption = next((files[e] for e in CAPTION_EXTENSIONS if e in files), None)
+        for image in images:
+            yield key, image, caption
+        if not images and any(e in files for e in orphan_captions):
+            yield key, None, caption
+
+
+def attach_caption(record: RawRecord, caption_ref: str | None, data: bytes | None, error: str | None) -> None:
+    """Put a sidecar's caption on a record (a .json sidecar's ``caption`` field); keep the first error."""
+    if caption_ref is None:
+        return
+    if data is not None and caption_ref.endswith(".json"):
+        data, error = caption_from_json(data)
+    record.caption_bytes = data
+    if error and not record.error:
+        record.error, record.detail = split_error(error)
+
+
 # --- folder -------------------------------------------------------------------------------------
 
 
@@ -179,24 +207,19 @@ class FolderSource:
             stem, ext = os.path.splitext(rel)
             groups.setdefault(stem, {})[ext.lower()] = rel
         rows = []
-        for stem in sorted(groups):
-            files = groups[stem]
-            images = sorted(rel for ext, rel in files.items() if ext in IMAGE_EXTENSIONS)
-            caption_ref = next((files[e] for e in CAPTION_EXTENSIONS if e in files), None)
-            if not images:
-                if ".txt" in files:  # a caption whose image is gone
-                    rows.append(
-                        {
-                            "ref": files[".txt"],
-                            "uri": None,
-                            "caption_ref": files[".txt"],
-                            "error": "missing_file",
-                            "detail": f"no image file next to {files['.txt']}",
-                        }
-                    )
-                continue
-            for rel in images:  # a.jpg and a.png with one a.txt: two records, one caption
-                rows.append({"ref": rel, "uri": self._uri(f"{self.base}/{rel}"), "caption_ref": caption_ref})
+        for _, image, caption in pair_files(groups, orphan_captions=(".txt",)):
+            if image is None:  # a caption whose image is gone
+                rows.append(
+                    {
+                        "ref": caption,
+                        "uri": None,
+                        "caption_ref": caption,
+                        "error": "missing_file",
+                        "detail": f"no image file next to {caption}",
+                    }
+                )
+            else:  # a.jpg and a.png with one a.txt: two records, one caption
+                rows.append({"ref": image, "uri": self._uri(f"{self.base}/{image}"), "caption_ref": caption})
         return _plan_table(rows)
 
     def read_records(self, rows: pa.Table) -> Iterator[RawRecord]:
@@ -210,12 +233,8 @@ class FolderSource:
             record.image_bytes = data
             record.error, record.detail = split_error(err)
             if row["caption_ref"]:
-                cap, cerr = _read_file(self.fs, f"{self.base}/{row['caption_ref']}", self.max_file_bytes)
-                if cap is not None and row["caption_ref"].endswith(".json"):
-                    cap, cerr = caption_from_json(cap)
-                record.caption_bytes = cap
-                if cerr and not record.error:
-                    record.error, record.detail = split_error(cerr)
+                caption = _read_file(self.fs, f"{self.base}/{row['caption_ref']}", self.max_file_bytes)
+                attach_caption(record, row["caption_ref"], *caption)
             yield record
 
 
@@ -445,25 +464,20 @@ class WebDatasetSource:
             for name in members:
                 key, ext = _wds_split(name)
                 groups.setdefault(key, {})[ext] = name
-            for key in sorted(groups):
-                files = groups[key]
-                images = sorted(n for e, n in files.items() if e in IMAGE_EXTENSIONS)
-                caption_ref = next((files[e] for e in CAPTION_EXTENSIONS if e in files), None)
-                if not images:
-                    if caption_ref:
-                        rows.append(
-                            {
-                                "ref": f"{tar_name}#{key}",
-                                "uri": None,
-                                "caption_ref": caption_ref,
-                                "error": "missing_file",
-                                "detail": f"no image member for key {key!r}",
-                            }
-                        )
-                    continue
-                for name in images:
+            for key, image, caption in pair_files(groups, orphan_captions=CAPTION_EXTENSIONS):
+                if image is None:
                     rows.append(
-                        {"ref": f"{tar_name}#{name}", "uri": f"{tar_path}#{name}", "caption_ref": caption_ref}
+                        {
+                            "ref": f"{tar_name}#{key}",
+                            "uri": None,
+                            "caption_ref": caption,
+                            "error": "missing_file",
+                            "detail": f"no image member for key {key!r}",
+                        }
+                    )
+                else:
+                    rows.append(
+                        {"ref": f"{tar_name}#{image}", "uri": f"{tar_path}#{image}", "caption_ref": caption}
                     )
         return _plan_table(rows)
 
@@ -495,12 +509,7 @@ class WebDatasetSource:
             record.image_bytes, err = self._member(tar, index, member)
             record.error, record.detail = split_error(err)
             if row["caption_ref"]:
-                cap, cerr = self._member(tar, index, row["caption_ref"])
-                if cap is not None and row["caption_ref"].endswith(".json"):
-                    cap, cerr = caption_from_json(cap)
-                record.caption_bytes = cap
-                if cerr and not record.error:
-                    record.error, record.detail = split_error(cerr)
+                attach_caption(record, row["caption_ref"], *self._member(tar, index, row["caption_ref"]))
         return record
 
     def _member(self, tar, index, name) -> tuple[bytes | None, str | None]:
