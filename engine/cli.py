@@ -109,6 +109,31 @@ def write_result(table: pa.Table, fmt: OutputFormat, output: Path | None, title:
         err.print(f"wrote {table.num_rows} rows to {output}")
 
 
+def stats_long_table(result: dict) -> pa.Table:
+    """Flatten dataset_stats() into rows of (section, item, metric, value) for csv/parquet."""
+    rows = []
+    for section, content in result.items():
+        for entry in content if isinstance(content, list) else [content]:
+            values = list(entry.items())
+            # A list's rows are named by their first column (a reason, a signal); a dict has no name.
+            item, metrics = (str(values[0][1]), values[1:]) if isinstance(content, list) else ("", values)
+            for metric, value in metrics:
+                rows.append(
+                    {
+                        "section": section,
+                        "item": item,
+                        "metric": metric,
+                        "value": None if value is None else str(value),
+                    }
+                )
+    return pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [("section", pa.string()), ("item", pa.string()), ("metric", pa.string()), ("value", pa.string())]
+        ),
+    )
+
+
 def print_summary(summary) -> None:
     counts = Table(title=f"curated {summary.source}", title_justify="left")
     counts.add_column("")
@@ -223,10 +248,14 @@ def sql(
 def stats(
     workspace: WorkspaceOption,
     format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="table or json.")
+        OutputFormat, typer.Option("--format", "-f", help="table, json, or csv/parquet (long form).")
     ] = OutputFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
 ) -> None:
-    """Dataset statistics: counts by status and source, reject reasons, warnings, signal quantiles."""
+    """Dataset statistics: counts by status and source, reject reasons, warnings, signal quantiles.
+
+    csv and parquet give one row per number: section, item, metric, value.
+    """
     from engine.catalog import dataset_stats
     from engine.workspace import Workspace
 
@@ -235,10 +264,15 @@ def stats(
         fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
     result = dataset_stats(ws)
     if format is OutputFormat.json:
-        sys.stdout.write(json.dumps(result, default=str, indent=1) + "\n")
+        text = json.dumps(result, default=str, indent=1) + "\n"
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
         return
     if format is not OutputFormat.table:
-        fail("stats supports --format table or json")
+        write_result(stats_long_table(result), format, output)
+        return
     print_table(pa.Table.from_pylist([result["totals"]]), "totals")
     print_table(pa.Table.from_pylist(result["by_source"]), "by source")
     for key, title in (

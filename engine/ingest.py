@@ -141,10 +141,9 @@ def clean_caption(raw: bytes | None, max_chars: int) -> tuple[str, list[str]]:
     found: list[str] = []
     try:
         text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:
         text = raw.decode("utf-8", "replace")
         found.append("caption_not_utf8")
-        del e
     text = unicodedata.normalize("NFC", text.lstrip("\ufeff"))
     cleaned = _CONTROL.sub("", text)
     if cleaned != text:

@@ -90,12 +90,19 @@ def test_sql_command_formats(curated, tmp_path):
     assert bad.returncode == 2 and bad.stderr.startswith("error: SQL:") and "Traceback" not in bad.stderr
 
 
-def test_stats_command(curated, cases):
+def test_stats_command(curated, cases, tmp_path):
     ws, _ = curated
     stats = json.loads(zcurate("stats", "-w", ws, "--format", "json").stdout)
     assert stats["totals"]["samples"] == len(cases)
     assert stats["totals"]["ok"] == sum(c.status == "ok" for c in cases.values())
     assert "decompression_bomb" in zcurate("stats", "-w", ws).stdout
+    long_form = zcurate("stats", "-w", ws, "--format", "csv").stdout.splitlines()
+    assert long_form[0] == "section,item,metric,value"
+    assert f"totals,,samples,{len(cases)}" in long_form
+    assert "reject_reasons,empty_file,n,1" in long_form
+    out = tmp_path / "stats.parquet"
+    zcurate("stats", "-w", ws, "--format", "parquet", "--output", str(out))
+    assert pq.read_table(out).num_rows == len(long_form) - 1
 
 
 def test_rerun_does_nothing_and_changes_nothing(curated, case_folder):
