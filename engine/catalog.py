@@ -5,7 +5,9 @@ through a glob, so new shards are visible without rebuilding it, plus a few deri
 
 * ``sample_signals``: usable samples joined with their signals;
 * ``reject_reasons``: rejected samples counted by reason;
-* ``image_duplicates``: images that come with more than one usable caption (exact duplicates).
+* ``image_duplicates``: images that come with more than one usable caption (exact duplicates);
+* ``zcurate_catalog``: the workspace root the views were made for; a reader that finds another
+  root (the workspace was moved or copied) rebuilds the catalog.
 
 The file is rebuilt atomically (new file, then rename), so ``duckdb WS/catalog.duckdb``,
 ``zcurate sql`` and the API always open a complete catalog. Workspaces on object storage get
@@ -61,6 +63,10 @@ def create_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
             con.unregister("empty_arrow")
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    # The views hold absolute paths; remembering the root lets a reader spot a moved workspace.
+    con.execute(
+        f"CREATE OR REPLACE VIEW zcurate_catalog AS SELECT {_quote(ws.local_uri())} AS workspace_root"
+    )
 
 
 def refresh_catalog(ws: Workspace) -> str | None:
@@ -86,10 +92,22 @@ def connect_catalog(ws: Workspace) -> duckdb.DuckDBPyConnection:
         path = ws.path(CATALOG_FILE)
         if not os.path.exists(path):
             refresh_catalog(ws)
+        con = duckdb.connect(path, read_only=True)
+        if _catalog_root(con) == ws.local_uri():
+            return con
+        con.close()  # made for another location (the workspace was moved or copied): rebuild
+        refresh_catalog(ws)
         return duckdb.connect(path, read_only=True)
     con = duckdb.connect()
     create_views(con, ws)
     return con
+
+
+def _catalog_root(con: duckdb.DuckDBPyConnection) -> str | None:
+    try:
+        return con.sql("SELECT workspace_root FROM zcurate_catalog").fetchall()[0][0]
+    except duckdb.Error:  # a catalog from before the root was recorded
+        return None
 
 
 def run_sql(ws: Workspace, sql: str, parameters: list | None = None) -> pa.Table:

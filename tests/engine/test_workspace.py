@@ -149,3 +149,20 @@ def test_catalog_is_read_only(tmp_path):
     refresh_catalog(ws)
     with pytest.raises(duckdb.Error):
         run_sql(ws, "CREATE TABLE x (a INT)")
+
+
+def test_a_moved_workspace_rebuilds_its_catalog(tmp_path):
+    import shutil
+
+    folder = write_noise_folder(str(tmp_path / "src"), 3, size=(16, 16))
+    ws = Workspace(str(tmp_path / "ws")).create()
+    source = FolderSource(folder, 2**30)
+    plan = plan_source(ws, source, shard_size=5)
+    CurateShard(ws, source, plan, IngestConfig())({"shard": 0})
+    refresh_catalog(ws)
+    shutil.move(str(tmp_path / "ws"), str(tmp_path / "moved"))
+    moved = Workspace(str(tmp_path / "moved"))
+    assert run_sql(moved, "SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 3}]
+    assert run_sql(moved, "SELECT workspace_root FROM zcurate_catalog").to_pylist() == [
+        {"workspace_root": str(tmp_path / "moved")}
+    ]
