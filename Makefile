@@ -2,6 +2,9 @@
 #   make demo  - set up what is missing, then curate the demo data into workspaces/demo
 #   make test  - set up what is missing, then lint and run the tests
 SHELL := /bin/bash
+# ruff's cache goes to the temp dir, not the repository or $HOME (scripts/test.sh does the same).
+CACHE ?= $(or $(ZCURATE_CACHE_DIR),$(TMPDIR),/tmp)/zcurate-cache
+export RUFF_CACHE_DIR ?= $(CACHE)/ruff
 .PHONY: setup demo test test-all lint format bench clean-demo
 
 setup:
