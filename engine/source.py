@@ -124,19 +124,19 @@ def _plan_table(rows: list[dict]) -> pa.Table:
 
 
 def _read_file(fs: pafs.FileSystem, path: str, max_bytes: int) -> tuple[bytes | None, str | None]:
-    """Read a whole file: (bytes, None) or (None, 'reason:detail')."""
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return None, "missing_file:no such file"
-    if info.type != pafs.FileType.File:
-        return None, "missing_file:not a regular file"
-    if info.size is not None and info.size > max_bytes:
-        return None, f"file_too_large:{info.size} bytes > limit {max_bytes}"
+    """Read a whole file: (bytes, None) or (None, 'reason:detail'); never raises for a bad path."""
     try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None, "missing_file:no such file"
+        if info.type != pafs.FileType.File:
+            return None, "missing_file:not a regular file"
+        if info.size is not None and info.size > max_bytes:
+            return None, f"file_too_large:{info.size} bytes > limit {max_bytes}"
         with fs.open_input_stream(path) as f:
             return f.read(), None
-    except OSError as e:
-        return None, f"missing_file:{e}"
+    except (OSError, ValueError, pa.ArrowException) as e:  # permissions, NUL bytes in a path...
+        return None, f"missing_file:{type(e).__name__}: {e}"
 
 
 def pair_files(groups: dict[str, dict[str, str]], orphan_captions: tuple[str, ...]) -> Iterator[tuple]:

@@ -156,6 +156,8 @@ def test_table_bad_rows(pairs):
         + f"images/{good_name},\n".encode()
         + f"{root}/images/{good_name},absolute path\n".encode()
         + b"http://example.com/x.jpg,remote\n"
+        + b"images/bad\x00name.png,a NUL byte in the path\n"
+        + b"images,a folder and not a file\n"
     )
     rows = ingest_all(load_source(str(path)))
     outcome = [(r["status"], r["reject_reason"], r["warnings"]) for r in rows]
@@ -168,8 +170,11 @@ def test_table_bad_rows(pairs):
         ("rejected", "empty_caption", []),
         ("ok", None, []),
         ("rejected", "missing_file", []),
+        ("rejected", "missing_file", []),
+        ("rejected", "missing_file", []),
     ]
-    assert "not fetched" in rows[-1]["reject_detail"]
+    assert "not fetched" in rows[7]["reject_detail"]
+    assert "not a regular file" in rows[9]["reject_detail"]
 
 
 def test_jsonl_bad_lines(pairs):
