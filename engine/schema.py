@@ -94,8 +94,3 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "signals": SIGNALS,
 }
-
-
-def empty_table(name: str) -> pa.Table:
-    """An empty Arrow table with the named table's schema."""
-    return TABLES[name].empty_table()

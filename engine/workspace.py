@@ -4,7 +4,7 @@ Layout (DESIGN.md section 3)::
 
     WS/samples/<shard_id>.parquet     one file per shard of work, per table
     WS/signals/<shard_id>.parquet
-    WS/_plans/<source_key>.parquet    the record -> shard assignment of each ingested source
+    WS/_plans/<kind>-<key>.parquet    the record -> shard assignment of each ingested source
     WS/_tmp/                          half-written files; never read
     WS/catalog.duckdb                 DuckDB views over the tables (local workspaces)
 
@@ -102,19 +102,6 @@ class Workspace:
         )
         self.fs.move(tmp, final)
 
-    def write_bytes(self, rel_path: str, data: bytes) -> None:
-        """Write a small file (JSON sidecars, markers) atomically."""
-        final = self.path(rel_path)
-        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
-        tmp = self._tmp_path(final.rsplit("/", 1)[1])
-        with self.fs.open_output_stream(tmp) as out:
-            out.write(data)
-        self.fs.move(tmp, final)
-
-    def read_bytes(self, rel_path: str) -> bytes:
-        with self.fs.open_input_stream(self.path(rel_path)) as f:
-            return f.read()
-
     # --- tables -------------------------------------------------------------------------------
 
     def write_shard(self, table_name: str, shard_id: str, table: pa.Table) -> None:
@@ -135,7 +122,7 @@ class Workspace:
     def read_shard(self, table_name: str, shard_id: str) -> pa.Table:
         return pq.read_table(self.path(table_name, f"{shard_id}{PARQUET}"), filesystem=self.fs)
 
-    def read_table(self, table_name: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    def read_table(self, table_name: str, columns: list[str] | None = None) -> pa.Table:
         """All shards of a table as one Arrow table (empty with the right schema when none)."""
         files = self.shard_files(table_name)
         table_schema = schema.TABLES[table_name]
@@ -143,7 +130,7 @@ class Workspace:
             empty = table_schema.empty_table()
             return empty.select(columns) if columns else empty
         dataset = pads.dataset(files, schema=table_schema, format="parquet", filesystem=self.fs)
-        return dataset.to_table(columns=columns, filter=filter)
+        return dataset.to_table(columns=columns)
 
     def local_uri(self, *parts: str) -> str:
         """A path or URI DuckDB can read for the given workspace path."""
