@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -326,6 +327,49 @@ def reasons() -> None:
         for code, meaning in codes.items():
             view.add_row(code, meaning)
         out.print(view)
+
+
+# --- embedder and safety (issue 3, part A) --------------------------------------------------------
+
+
+@app.command(
+    name="train-embedder",
+    epilog="Example: zcurate train-embedder --output /tmp/heads.safetensors --limit 500",
+)
+def train_embedder_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the heads file.")],
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the head initialisation and batch order.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N openclipart records.")] = None,
+    cache_dir: Annotated[
+        str | None, typer.Option(help="Where tower features are cached (default: $TMPDIR/zcurate-cache).")
+    ] = None,
+) -> None:
+    """Train the default embedder's projection heads on openclipart (towers frozen, LiT-style).
+
+    Caches the frozen towers' features once (minutes), trains the heads with open_clip's ClipLoss
+    (seconds), reports held-out retrieval, and writes a small heads-only safetensors file that
+    'zcurate embed --model FILE' (or load_embedder(FILE)) uses.
+    """
+    from engine.embed_train import TrainConfig, train_embedder
+    from engine.source import SourceError
+
+    if epochs < 1 or (limit is not None and limit < 2):
+        fail("--epochs must be positive and --limit at least 2")
+    show = sys.stderr.isatty()
+    try:
+        from tqdm import tqdm
+
+        with tqdm(desc="tower features", unit="pair", disable=not show) as bar:
+            result = train_embedder(
+                str(output),
+                TrainConfig(epochs=epochs, seed=seed, limit=limit),
+                cache_dir=cache_dir,
+                progress=lambda n: bar.update(n - bar.n),
+            )
+    except (SourceError, ValueError) as e:
+        fail(str(e))
+    out.print(json.dumps(asdict(result), indent=1))
 
 
 if __name__ == "__main__":
