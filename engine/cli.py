@@ -393,5 +393,59 @@ def train_embedder_command(
     out.print(json.dumps(asdict(result), indent=1))
 
 
+def run_stage_command(stage, workspace: str, num_cpus: int | None) -> None:
+    """Run one image stage over the shards of ``workspace`` that lack its table, and summarise."""
+    from engine.workspace import Workspace
+    from pipelines.backfill import run_image_stage
+
+    ws = Workspace(workspace)
+    if not ws.exists("samples"):
+        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    summary = run_image_stage(ws, stage, num_cpus=num_cpus)
+    out.print(
+        f"{summary.stage}: {summary.shards_run} of {summary.shards_total} shards filled, "
+        f"{summary.rows} rows in {summary.table}/ ({summary.changed} skipped: source changed) "
+        f"in {summary.seconds:.1f} s"
+    )
+
+
+@app.command(epilog="Example: zcurate embed --workspace ./ws && zcurate sql 'SELECT clip_score FROM signals'")
+def embed(
+    workspace: WorkspaceOption,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedder spec: default, a heads .safetensors, ARCH@TAG, ARCH@/path/ckpt.pt, local-dir:DIR."
+        ),
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+) -> None:
+    """Embed images and captions of a curated workspace (only shards without embeddings).
+
+    Writes embeddings/ (image and caption vectors, float16, L2-normalised) and adds clip_score
+    (their cosine) to the signals view. The default model works offline.
+    """
+    from engine.embed import EmbedderError, load_embedder
+    from pipelines.stages import EmbedStage
+
+    if model not in (None, "default"):
+        try:
+            load_embedder(model)  # a bad spec fails here, in one line, not inside a Ray actor
+        except EmbedderError as e:
+            fail(str(e))
+    run_stage_command(EmbedStage(model=model), workspace, num_cpus)
+
+
+@app.command(epilog="Example: zcurate safety --workspace ./ws")
+def safety(
+    workspace: WorkspaceOption,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+) -> None:
+    """Score every curated image with Yahoo's open_nsfw (nsfw_score in signals; shards missing it)."""
+    from pipelines.stages import SafetyStage
+
+    run_stage_command(SafetyStage(), workspace, num_cpus)
+
+
 if __name__ == "__main__":
     app()
