@@ -200,11 +200,13 @@ def quiet_loading():
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     logging.disable(logging.WARNING)
     try:
         yield
     finally:
         logging.disable(logging.NOTSET)
+        transformers.logging.enable_progress_bar()
         transformers.logging.set_verbosity(verbosity)
 
 
@@ -309,6 +311,12 @@ def cached_pretrained_file(arch: str, tag: str) -> tuple[str, dict]:
 
 def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
     """An Embedder for ``ARCH@TAG``, ``ARCH@/path/ckpt`` or ``local-dir:/path`` (see module doc)."""
+    arch, sep, weights = spec.partition("@")
+    if not spec.startswith("local-dir:") and (not sep or not weights):  # checked before the slow imports
+        raise EmbedderError(
+            f"model spec {spec!r}: use ARCH@TAG (e.g. ViT-B-32@laion2b_s34b_b79k), ARCH@/path/to/checkpoint, "
+            "local-dir:/path, a heads .safetensors file, or 'default'"
+        )
     import open_clip
 
     register_model_configs()
@@ -324,12 +332,6 @@ def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
             raise EmbedderError(f"cannot load {spec}: {str(e).splitlines()[0]}") from e
         model_id = f"{spec}#{file_digest(config_file)}"
         return finish_embedder(model, preprocess, tokenizer, model_id, device)
-    arch, sep, weights = spec.partition("@")
-    if not sep or not weights:
-        raise EmbedderError(
-            f"model spec {spec!r}: use ARCH@TAG (e.g. ViT-B-32@laion2b_s34b_b79k), ARCH@/path/to/checkpoint, "
-            "local-dir:/path, a heads .safetensors file, or 'default'"
-        )
     if arch not in open_clip.list_models():
         raise EmbedderError(f"unknown open_clip architecture {arch!r} (open_clip.list_models() lists them)")
     force = {}
@@ -341,9 +343,16 @@ def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
         path, tag_cfg = cached_pretrained_file(arch, weights)
         model_id = f"{arch}@{weights}"
         force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    extra = {}
+    if arch == DEFAULT_ARCH:  # our config names package folders: resolve them, and its preprocessing
+        extra = {"text_cfg": resolve_config(arch)["text_cfg"], "pretrained_text": False}
+        force = {"mean": DEFAULT_MEAN, "std": DEFAULT_STD}
     try:
-        model = open_clip.create_model(arch, pretrained=path, device=device, force_preprocess_cfg=force)
-        tokenizer = open_clip.get_tokenizer(arch)
+        with quiet_loading():
+            model = open_clip.create_model(
+                arch, pretrained=path, device=device, force_preprocess_cfg=force, **extra
+            )
+        tokenizer = default_tokenizer() if arch == DEFAULT_ARCH else open_clip.get_tokenizer(arch)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise EmbedderError(f"cannot load {spec}: {str(e).splitlines()[0]}") from e
     preprocess = default_preprocess(model)
@@ -381,9 +390,27 @@ def load_embedder(name_or_path: str | None = None, device: str = "cpu") -> Embed
     return load_open_clip(spec, device)
 
 
-def describe_config(arch: str = DEFAULT_ARCH) -> str:
-    """The resolved config as JSON (for ``--help`` texts and the README)."""
-    return json.dumps(resolve_config(arch), indent=1)
+def save_local_dir(embedder: Embedder, folder: str | os.PathLike) -> str:
+    """Write the default embedder as an open_clip ``local-dir:`` folder; returns its spec.
+
+    The folder holds ``open_clip_config.json`` (model and preprocess config),
+    ``open_clip_model.safetensors`` (all weights) and the tokenizer files, so
+    ``open_clip.create_model_and_transforms("local-dir:FOLDER")`` and ``load_embedder`` reload it in
+    one call. The text tower's config is read from the installed MiniLM package folder.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    config = {
+        "model_cfg": resolve_config(DEFAULT_ARCH),
+        "preprocess_cfg": {k: v for k, v in embedder.model.visual.preprocess_cfg.items() if k != "size"},
+    }
+    with open(os.path.join(folder, "open_clip_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+    state = {k: v.detach().contiguous() for k, v in embedder.model.state_dict().items()}
+    save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
+    embedder.tokenizer.save_pretrained(str(folder))
+    return f"local-dir:{folder}"
 
 
 # --- one shard's embeddings (the embed stage's work) ---------------------------------------------

@@ -150,3 +150,12 @@ def test_a_degenerate_image_still_embeds(embedder):
     tiny = Image.new("RGB", (1, 1), (255, 0, 0))
     vec = embedder.encode_images([tiny])
     assert vec.shape == (1, 256) and np.isfinite(vec).all()
+
+
+def test_a_saved_local_dir_reloads_in_one_call(embedder, tmp_path):
+    spec = embed.save_local_dir(embedder, tmp_path / "model")
+    again = load_embedder(spec)
+    assert again.model_id.startswith("local-dir:")
+    np.testing.assert_allclose(again.encode_texts(["owl"]), embedder.encode_texts(["owl"]), atol=1e-5)
+    tiny = Image.new("RGB", (40, 30), (10, 200, 30))
+    np.testing.assert_allclose(again.encode_images([tiny]), embedder.encode_images([tiny]), atol=1e-5)
