@@ -98,3 +98,14 @@ def test_embed_command_errors_are_one_line(tmp_path):
     )
     assert result.returncode == 2 and "use ARCH@TAG" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["embed", "safety", "train-embedder"])
+def test_commands_show_an_example(command):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"Example: zcurate {command}" in result.output
