@@ -49,12 +49,22 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _float16_as_float32(dtype: pa.DataType) -> pa.DataType:
+    if pa.types.is_float16(dtype):
+        return pa.float32()
+    if pa.types.is_fixed_size_list(dtype):
+        return pa.list_(_float16_as_float32(dtype.value_type), dtype.list_size)
+    return dtype
+
+
 def _table_relation(con: duckdb.DuckDBPyConnection, ws: Workspace, name: str) -> str:
     """SQL naming a table's rows: its shards through a glob, or an empty table with its columns."""
     if ws.list_shards(name):
         return f"read_parquet({_quote(ws.local_uri(name, '*.parquet'))}, union_by_name = true)"
-    # No shards yet: an empty table with the right columns, so queries still run.
-    con.register("empty_arrow", schema.TABLES[name].empty_table())
+    # No shards yet: an empty table with the right columns, so queries still run. DuckDB reads
+    # float16 from Parquet (as FLOAT) but cannot take it from Arrow: use float32 in the empty table.
+    columns = [pa.field(f.name, _float16_as_float32(f.type)) for f in schema.TABLES[name]]
+    con.register("empty_arrow", pa.schema(columns).empty_table())
     con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM empty_arrow")
     con.unregister("empty_arrow")
     return f"_empty_{name}"
