@@ -5,8 +5,8 @@ workspace), this measures:
 
 * **bare forward**: in this process, the same usable images decoded and preprocessed once
   (untimed), then only the default embedder's forward passes, timed: ``encode_image_tensors`` on
-  batches of ``--batch`` preprocessed images plus ``encode_texts`` on the captions in batches of
-  256 (what the stage computes per shard), with torch using every core (``--num-cpus``
+  batches of ``--batch`` preprocessed images plus ``encode_captions`` on each shard's captions
+  (length-sorted batches, what the stage computes per shard), with torch using every core (``--num-cpus``
   threads). This is the model's own speed: the ceiling of the stage.
 * **bare forward, K processes**: the same forwards split over K forked processes of one torch
   thread each, started together (how Ray's actors use the cores); the faster of the two bare
@@ -43,7 +43,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from engine.embed import load_embedder  # noqa: E402
+from engine.embed import encode_captions, load_embedder  # noqa: E402
 from engine.ingest import IngestConfig, ingest_record  # noqa: E402
 from engine.source import load_source  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
@@ -86,7 +86,7 @@ def usable_pairs(n: int) -> tuple[list, float]:
     return pairs, time.perf_counter() - started
 
 
-def bare_forward(pairs: list, batch: int, threads: int) -> dict:
+def bare_forward(pairs: list, batch: int, threads: int, shard_size: int) -> dict:
     """Time only the forward passes of the default embedder on preprocessed batches."""
     import torch
 
@@ -107,8 +107,8 @@ def bare_forward(pairs: list, batch: int, threads: int) -> dict:
         embedder.encode_image_tensors(pixels)
     image_s = time.perf_counter() - started
     started = time.perf_counter()
-    for i in range(0, len(captions), 256):
-        embedder.encode_texts(captions[i : i + 256])
+    for i in range(0, len(captions), shard_size):  # per shard, as the stage does
+        encode_captions(embedder, captions[i : i + shard_size])
     text_s = time.perf_counter() - started
     return {
         "images": len(images),
@@ -121,7 +121,7 @@ def bare_forward(pairs: list, batch: int, threads: int) -> dict:
     }
 
 
-def _bare_worker(batches, captions, barrier, results) -> None:
+def _bare_worker(batches, captions, shard_size, barrier, results) -> None:
     """One process, one torch thread: load the model, wait for the other, time the forwards."""
     import torch
 
@@ -132,12 +132,12 @@ def _bare_worker(batches, captions, barrier, results) -> None:
     started = time.perf_counter()
     for pixels in batches:
         embedder.encode_image_tensors(pixels)
-    for i in range(0, len(captions), 256):
-        embedder.encode_texts(captions[i : i + 256])
+    for i in range(0, len(captions), shard_size):  # per shard, as the stage does
+        encode_captions(embedder, captions[i : i + shard_size])
     results.put(time.perf_counter() - started)
 
 
-def bare_forward_processes(pairs: list, batch: int, processes: int) -> dict:
+def bare_forward_processes(pairs: list, batch: int, processes: int, shard_size: int) -> dict:
     """The same forwards split over ``processes`` processes of one thread each (as Ray's actors run)."""
     import multiprocessing
 
@@ -155,7 +155,8 @@ def bare_forward_processes(pairs: list, batch: int, processes: int) -> dict:
     barrier, results = context.Barrier(processes), context.Queue()
     workers = [
         context.Process(
-            target=_bare_worker, args=(batches[k::processes], captions[k::processes], barrier, results)
+            target=_bare_worker,
+            args=(batches[k::processes], captions[k::processes], shard_size // processes, barrier, results),
         )
         for k in range(processes)
     ]
@@ -206,8 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             load_source("openclipart"), ws, shard_size=args.shard_size, limit=args.n, num_cpus=args.num_cpus
         )
         pairs, decode_s = usable_pairs(args.n)
-        bare = bare_forward(pairs, args.batch, args.num_cpus)
-        bare_procs = bare_forward_processes(pairs, args.batch, args.num_cpus)
+        bare = bare_forward(pairs, args.batch, args.num_cpus, args.shard_size)
+        bare_procs = bare_forward_processes(pairs, args.batch, args.num_cpus, args.shard_size)
         stage = ray_stage(ws, args.num_cpus, args.batch)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -425,6 +425,17 @@ IMAGE_BATCH = 32  # images per forward: ~20 MB of pixels; larger batches gained 
 TEXT_BATCH = 64  # captions per text forward, sorted by length so that each batch trims its padding
 
 
+def encode_captions(embedder: Embedder, captions: list[str]) -> np.ndarray:
+    """Many captions -> (n, d) vectors in their order, in length-sorted batches of ``TEXT_BATCH``
+    (captions of similar length together: each batch trims its padding, so less work)."""
+    order = sorted(range(len(captions)), key=lambda i: (len(captions[i]), i))
+    vecs = np.zeros((len(captions), embedder.embed_dim), np.float32)
+    for start in range(0, len(order), TEXT_BATCH):
+        rows = order[start : start + TEXT_BATCH]
+        vecs[rows] = embedder.encode_texts([captions[i] for i in rows])
+    return vecs
+
+
 class ShardEmbedder:
     """Collects one shard's pairs and returns its ``embeddings`` rows.
 
@@ -467,12 +478,7 @@ class ShardEmbedder:
 
         self.flush()
         captions = [caption for _, _, caption in self.rows]
-        # Captions of similar length batched together: each batch trims its padding, so less work.
-        order = sorted(range(len(captions)), key=lambda i: (len(captions[i]), i))
-        text_vecs = np.zeros((len(captions), self.embedder.embed_dim), np.float32)
-        for start in range(0, len(order), TEXT_BATCH):
-            rows = order[start : start + TEXT_BATCH]
-            text_vecs[rows] = self.embedder.encode_texts([captions[i] for i in rows])
+        text_vecs = encode_captions(self.embedder, captions)
         image_vecs, scores = [], []
         for (_, image_id, _), text_vec in zip(self.rows, text_vecs, strict=True):
             vec = self.image_vecs[image_id]
