@@ -94,3 +94,16 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "signals": SIGNALS,
 }
+
+# --- dedup: near-duplicate communities (engine/dedup.py), one global shard "all" ----------------
+
+DEDUP = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("community_id", pa.string()),  # sample_id of the community's representative (itself if alone)
+        ("is_representative", pa.bool_()),  # the one sample of its community a recipe keeps
+        ("nearest_id", pa.string()),  # the most similar other image (image cosine), null without index
+        ("nearest_sim", pa.float32()),  # that exact cosine
+    ]
+)
+TABLES["dedup"] = DEDUP
