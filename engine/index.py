@@ -198,6 +198,13 @@ def embedding_shards(ws: Workspace) -> dict[str, int]:
     }
 
 
+def shard_fingerprints(ws: Workspace, shards: dict[str, int]) -> dict[str, str]:
+    """rows:bytes:mtime of each shard: a rewritten shard (rows dropped by the cross-shard duplicate
+    pass, new embeddings) gets a new fingerprint, since every write is a new file renamed in place."""
+    infos = ws.fs.get_file_info([ws.path(EMBEDDINGS, f"{s}.parquet") for s in shards])
+    return {s: f"{n}:{i.size}:{i.mtime_ns}" for (s, n), i in zip(shards.items(), infos, strict=True)}
+
+
 # --- building ---------------------------------------------------------------------------------
 
 
@@ -279,16 +286,17 @@ def build_index(
         raise VectorIndexError(f"unknown modality {modality!r}; choose image or text")
     config = config or IndexConfig()
     shards = embedding_shards(ws)
+    prints = shard_fingerprints(ws, shards)
     existing = None if rebuild else read_meta(ws, modality)
-    if existing is not None and any(shards.get(s) != n for s, n in existing["shards_rows"].items()):
-        existing = None  # a shard was rewritten (cross-shard dedup) or removed: rebuild
+    if existing is not None and any(prints.get(s) != f for s, f in existing["shard_fingerprints"].items()):
+        existing = None  # a shard was rewritten (cross-shard dedup, new model) or removed: rebuild
     if existing is not None:
         vindex = load_index(ws, modality, mmap=False)
         index, ids, meta = vindex.index, list(vindex.ids), vindex.meta
-        shards_rows = dict(existing["shards_rows"])
-        todo = [s for s in shards if s not in shards_rows]
+        fingerprints = dict(existing["shard_fingerprints"])
+        todo = [s for s in shards if s not in fingerprints]
     else:
-        index, ids, meta, shards_rows, todo = None, [], None, {}, list(shards)
+        index, ids, meta, fingerprints, todo = None, [], None, {}, list(shards)
         if not shards:
             return None
         _, dim_probe, _ = _first_vectors(ws, shards, modality)
@@ -316,12 +324,12 @@ def build_index(
                 )
             add_vectors(index, vectors, meta.kind)
             ids.extend(sample_ids)
-        shards_rows[shard] = shards[shard]
+        fingerprints[shard] = prints[shard]
         meta.shards[shard] = len(vectors)
         if progress:
             progress(len(vectors))
     meta.ntotal = int(index.ntotal)
-    save_index(ws, index, np.asarray(ids, dtype=object), meta, shards_rows)
+    save_index(ws, index, np.asarray(ids, dtype=object), meta, fingerprints)
     return meta
 
 
@@ -342,7 +350,7 @@ def _index_path(ws: Workspace, modality: str, suffix: str) -> str:
 
 
 def save_index(
-    ws: Workspace, index: faiss.Index, ids: np.ndarray, meta: IndexMeta, shards_rows: dict
+    ws: Workspace, index: faiss.Index, ids: np.ndarray, meta: IndexMeta, fingerprints: dict
 ) -> None:
     """Write index, id map, then metadata, each atomically (the metadata marks a complete index)."""
     ws.fs.create_dir(ws.path(INDEX_DIR), recursive=True)
@@ -355,7 +363,7 @@ def save_index(
         _write_bytes(ws, f"{INDEX_DIR}/{meta.modality}.faiss", faiss.serialize_index(index).tobytes())
     id_table = pa.table({"sample_id": pa.array(list(ids), pa.string())})
     ws.write_parquet(f"{INDEX_DIR}/{meta.modality}-ids.parquet", id_table)
-    record = {**asdict(meta), "shards_rows": shards_rows}
+    record = {**asdict(meta), "shard_fingerprints": fingerprints}
     _write_bytes(
         ws, f"{INDEX_DIR}/{meta.modality}.json", json.dumps(record, indent=1, sort_keys=True).encode()
     )
@@ -381,7 +389,7 @@ def load_index(ws: Workspace, modality: str = "image", mmap: bool | None = None)
     record = read_meta(ws, modality)
     if record is None:
         raise VectorIndexError(f"no {modality} index in {ws.root}: run 'zcurate index --workspace {ws.root}'")
-    record.pop("shards_rows", None)
+    record.pop("shard_fingerprints", None)
     meta = IndexMeta(**record)
     path = _index_path(ws, modality, ".faiss")
     if ws.is_local:
