@@ -1,9 +1,9 @@
 """Near-duplicate removal the Z-Image way (paper section 2.2): k-NN graph + communities.
 
 1. **Edges.** Semantic: every image vector searches the image index for its ``k`` nearest
-   neighbours; each candidate pair is re-scored with the exact cosine of the stored vectors
-   (the index may be approximate, the threshold is not) and kept when the cosine is
-   >= ``threshold``. Exact: pairs whose 64-bit pHash (``signals.phash``) differ in at most
+   neighbours with exact cosines (an IVF-PQ index lends its cells to a transient IVF-Flat, see
+   ``exact_search_index``: the index may be approximate, the threshold is not); a pair is kept
+   when the cosine is >= ``threshold``. Exact: pairs whose 64-bit pHash (``signals.phash``) differ in at most
    ``phash_distance`` bits, found by multi-index hashing (split the hash into d+1 blocks; two
    hashes within d bits agree on at least one block, so only same-block pairs are compared).
 2. **Communities.** The proximity graph is split into connected components (scipy, linear);
@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,7 +35,7 @@ from engine.index import VectorIndex, VectorIndexError, load_index, vectors_from
 from engine.workspace import Workspace
 
 METHODS = ("louvain", "leiden")
-SCORE_BATCH = 1 << 20  # candidate pairs re-scored per step: bounds two (batch, dim) float32 copies
+SEARCH_STEP = 1 << 14  # vectors per k-NN / add step: a 32 MiB float32 copy of 512-d vectors
 
 
 @dataclass
@@ -68,20 +69,29 @@ class DedupSummary:
 # --- edges ------------------------------------------------------------------------------------
 
 
-def cosine_pairs(vectors: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Exact cosine of rows i and j of L2-normalised ``vectors`` (float16 or float32), float32."""
-    out = np.empty(len(i), np.float32)
-    for start in range(0, len(i), SCORE_BATCH):
-        a = vectors[i[start : start + SCORE_BATCH]].astype(np.float32)
-        b = vectors[j[start : start + SCORE_BATCH]].astype(np.float32)
-        out[start : start + SCORE_BATCH] = np.einsum("ij,ij->i", a, b)
-    return out
+def exact_search_index(vindex: VectorIndex, vectors: np.ndarray, nprobe: int | None = None) -> faiss.Index:
+    """An index over ``vectors`` (FAISS id order) whose similarities are exact cosines.
+
+    Flat and HNSW indexes store the vectors, so they are used as they are. An IVF-PQ index
+    stores 64-byte codes whose inner products are off by up to ~0.2 (measured on 512-d), too
+    coarse for a threshold; its trained coarse quantizer is reused for a transient IVF-Flat over
+    the full vectors (same cells, exact scores, no training), so the k-NN visits what the index
+    would and the threshold compares true cosines.
+    """
+    ivf = faiss.try_extract_index_ivf(vindex.index)
+    if ivf is None or isinstance(ivf, faiss.IndexIVFFlat):
+        return vindex.index
+    flat = faiss.IndexIVFFlat(ivf.quantizer, vindex.meta.dim, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
+    for start in range(0, len(vectors), SEARCH_STEP):
+        flat.add(np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32))
+    flat.nprobe = int(nprobe or ivf.nprobe)
+    return flat  # borrows ivf.quantizer: valid while vindex lives (the caller holds it)
 
 
 def semantic_pairs(
-    index: VectorIndex, vectors: np.ndarray, threshold: float, k: int
+    index: VectorIndex, vectors: np.ndarray, threshold: float, k: int, nprobe: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """k-NN over the index for every row of ``vectors`` (row r = FAISS id r).
+    """k-NN of every row of ``vectors`` (row r = FAISS id r) with exact cosines.
 
     Returns (i, j, sim) with i < j and sim >= threshold, unique pairs sorted by (i, j), and per
     row its nearest other row and that cosine (-1 and NaN when it has none).
@@ -91,16 +101,17 @@ def semantic_pairs(
     nearest_sim = np.full(n, np.nan, np.float32)
     if n < 2:
         return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), nearest, nearest_sim)
+    search = exact_search_index(index, vectors, nprobe)
     keys, sims = [], []
-    step = 1 << 14  # queries per step: the (step, k) candidate arrays stay small
-    for start in range(0, n, step):
-        _, ids = index.search(vectors[start : start + step], min(k + 1, n))
-        rows = np.repeat(np.arange(start, start + len(ids)), ids.shape[1])
-        cols = ids.reshape(-1)
+    kk = min(k + 1, n)  # + 1: a vector finds itself
+    for start in range(0, n, SEARCH_STEP):
+        query = np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32)
+        sim, ids = search.search(query, kk)
+        rows = np.repeat(np.arange(start, start + len(ids)), kk)
+        cols, sim = ids.reshape(-1), sim.reshape(-1)
         keep = (cols >= 0) & (cols != rows)
-        rows, cols = rows[keep], cols[keep]
-        sim = cosine_pairs(vectors, rows, cols)
-        # nearest other row of each query, by exact cosine (ties: the smaller id)
+        rows, cols, sim = rows[keep], cols[keep], sim[keep]
+        # nearest other row of each query (ties: the smaller id)
         order = np.lexsort((cols, -sim, rows))
         first = np.ones(len(order), bool)
         first[1:] = rows[order][1:] != rows[order][:-1]
@@ -283,11 +294,9 @@ def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSu
     except VectorIndexError:
         vindex = None
     if vindex is not None and n:
-        if config.nprobe:
-            vindex.set_search_params(nprobe=config.nprobe)
         vectors, scores = load_image_vectors(ws, vindex)
         rows = np.array([row_of.get(s, -1) for s in vindex.ids], np.int64)  # FAISS id -> signals row
-        a, b, sim, near, near_sim = semantic_pairs(vindex, vectors, config.threshold, config.k)
+        a, b, sim, near, near_sim = semantic_pairs(vindex, vectors, config.threshold, config.k, config.nprobe)
         keep = (rows[a] >= 0) & (rows[b] >= 0)  # a sample dropped since indexing has no row
         ii.append(rows[a][keep])
         jj.append(rows[b][keep])
