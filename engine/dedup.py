@@ -51,8 +51,10 @@ class DedupConfig:
     nprobe: int | None = None  # IVF cells per query; None: the index's own setting
     method: str = "louvain"  # louvain (networkx) | leiden (needs a networkx backend such as cugraph)
     resolution: float = 1.0  # modularity resolution: > 1 gives smaller communities
-    louvain_min_size: int = 8  # components at least this large and sparser than `dense`
-    dense: float = 0.5  # ... (edge density < 0.5) are split by Louvain; smaller ones stay whole
+    louvain_min_size: int = 32  # components at least this large and sparser than `dense`
+    dense: float = 0.5  # ... (edge density < 0.5) are split by Louvain; smaller ones stay whole:
+    # an original with a handful of edited copies forms a star (copies meet each other below the
+    # threshold), which Louvain would cut in two; chains that merge unrelated images grow larger
     seed: int = 0
 
 
@@ -82,10 +84,22 @@ def exact_search_index(vindex: VectorIndex, vectors: np.ndarray, nprobe: int | N
     if ivf is None or isinstance(ivf, faiss.IndexIVFFlat):
         return vindex.index
     flat = faiss.IndexIVFFlat(ivf.quantizer, vindex.meta.dim, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
+    cell = cell_of_each_vector(ivf)  # the index already knows each vector's cell: no re-assignment
     for start in range(0, len(vectors), SEARCH_STEP):
-        flat.add(np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32))
+        x = np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32)
+        flat.add_core(len(x), faiss.swig_ptr(x), None, faiss.swig_ptr(cell[start : start + len(x)]))
     flat.nprobe = int(nprobe or ivf.nprobe)
     return flat  # borrows ivf.quantizer: valid while vindex lives (the caller holds it)
+
+
+def cell_of_each_vector(ivf: faiss.IndexIVF) -> np.ndarray:
+    """The IVF cell (inverted list) of every FAISS id, read from the inverted lists."""
+    cell = np.empty(ivf.ntotal, np.int64)
+    for list_no in range(ivf.nlist):
+        size = ivf.invlists.list_size(list_no)
+        if size:
+            cell[faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)] = list_no
+    return cell
 
 
 def semantic_pairs(
