@@ -6,6 +6,7 @@ through a glob, so new shards are visible without rebuilding it, plus a few deri
 * ``sample_signals``: usable samples joined with their signals;
 * ``reject_reasons``: rejected samples counted by reason;
 * ``image_duplicates``: images that come with more than one usable caption (exact duplicates);
+* ``near_duplicates``: communities of table ``dedup`` (engine/dedup.py) with more than one sample;
 * ``zcurate_catalog``: the workspace root the views were made for; a reader that finds another
   root (the workspace was moved or copied) rebuilds the catalog.
 
@@ -40,6 +41,10 @@ DERIVED_VIEWS = {
         SELECT image_id, count(*) AS n_samples, list(sample_id ORDER BY sample_id) AS sample_ids
         FROM samples WHERE status = 'ok'
         GROUP BY image_id HAVING count(*) > 1""",
+    "near_duplicates": """
+        SELECT community_id, count(*) AS n_samples, list(sample_id ORDER BY sample_id) AS sample_ids,
+               max(nearest_sim) AS max_sim
+        FROM dedup GROUP BY community_id HAVING count(*) > 1""",
 }
 
 

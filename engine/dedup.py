@@ -360,3 +360,17 @@ def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSu
         phash_pairs=len(pa_i),
         components_split=split,
     )
+
+
+def index_and_dedup(ws: Workspace, progress=None) -> DedupSummary | None:
+    """The vector engine's global steps: build or extend both indexes, then dedup.
+
+    Does nothing (returns None) when the workspace has no ``embeddings`` shards yet.
+    """
+    from engine.index import build_index
+
+    if not ws.list_shards("embeddings"):
+        return None
+    for modality in ("image", "text"):
+        build_index(ws, modality, progress=progress)
+    return dedup_workspace(ws)

@@ -412,3 +412,41 @@ def load_index(ws: Workspace, modality: str = "image", mmap: bool | None = None)
         )
     set_search_params(index, meta.params["nprobe"], meta.params["ef_search"])
     return VectorIndex(index, ids, meta)
+
+
+# --- searching a workspace --------------------------------------------------------------------
+
+
+def search_samples(ws: Workspace, query: np.ndarray, modality: str = "image", k: int = 10) -> pa.Table:
+    """The ``k`` samples whose ``modality`` vector is nearest one query vector, best first.
+
+    Columns: rank, sample_id, score (cosine), caption, uri. A text query against the image index
+    is text->image search; an image query against it image->image; against the text index,
+    image->text.
+    """
+    vindex = load_index(ws, modality)
+    hits = vindex.search_ids(np.asarray(query, np.float32).reshape(1, -1), k)[0]
+    ids = [sample_id for sample_id, _ in hits]
+    samples = ws.read_table("samples", ["sample_id", "caption", "uri"])
+    samples = samples.filter(pc.is_in(samples["sample_id"], pa.array(ids, pa.string())))
+    by_id = {row["sample_id"]: row for row in samples.to_pylist()}
+    rows = [
+        {
+            "rank": rank,
+            "sample_id": sample_id,
+            "score": score,
+            "caption": by_id.get(sample_id, {}).get("caption"),
+            "uri": by_id.get(sample_id, {}).get("uri"),
+        }
+        for rank, (sample_id, score) in enumerate(hits, start=1)
+    ]
+    result_schema = pa.schema(
+        [
+            ("rank", pa.int32()),
+            ("sample_id", pa.string()),
+            ("score", pa.float32()),
+            ("caption", pa.string()),
+            ("uri", pa.string()),
+        ]
+    )
+    return pa.Table.from_pylist(rows, schema=result_schema)

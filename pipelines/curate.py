@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from engine import schema
 from engine.catalog import refresh_catalog
+from engine.dedup import index_and_dedup
 from engine.ingest import IngestConfig, find_duplicate_rows, make_rejected_id
 from engine.plan import ShardPlan, plan_source, read_shard_rows
 from engine.source import Source
@@ -231,5 +232,6 @@ def run_curate(
         summary.records_run = sum(f["samples"] for f in finished)
         summary.work_span_s = max(f["finished"] for f in finished) - min(f["started"] for f in finished)
         summary.shard_busy_s = sum(f["finished"] - f["started"] for f in finished)
+    index_and_dedup(ws)  # vector engine's global steps: FAISS indexes + dedup, when embeddings exist
     summary.catalog = refresh_catalog(ws)
     return summary
