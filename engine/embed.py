@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 # Nothing in this module may reach a model hub: a model is on disk or it is an error.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -199,11 +200,13 @@ def quiet_loading():
 
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     logging.disable(logging.WARNING)
     try:
         yield
     finally:
         logging.disable(logging.NOTSET)
+        transformers.logging.enable_progress_bar()
         transformers.logging.set_verbosity(verbosity)
 
 
@@ -308,6 +311,12 @@ def cached_pretrained_file(arch: str, tag: str) -> tuple[str, dict]:
 
 def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
     """An Embedder for ``ARCH@TAG``, ``ARCH@/path/ckpt`` or ``local-dir:/path`` (see module doc)."""
+    arch, sep, weights = spec.partition("@")
+    if not spec.startswith("local-dir:") and (not sep or not weights):  # checked before the slow imports
+        raise EmbedderError(
+            f"model spec {spec!r}: use ARCH@TAG (e.g. ViT-B-32@laion2b_s34b_b79k), ARCH@/path/to/checkpoint, "
+            "local-dir:/path, a heads .safetensors file, or 'default'"
+        )
     import open_clip
 
     register_model_configs()
@@ -323,12 +332,6 @@ def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
             raise EmbedderError(f"cannot load {spec}: {str(e).splitlines()[0]}") from e
         model_id = f"{spec}#{file_digest(config_file)}"
         return finish_embedder(model, preprocess, tokenizer, model_id, device)
-    arch, sep, weights = spec.partition("@")
-    if not sep or not weights:
-        raise EmbedderError(
-            f"model spec {spec!r}: use ARCH@TAG (e.g. ViT-B-32@laion2b_s34b_b79k), ARCH@/path/to/checkpoint, "
-            "local-dir:/path, a heads .safetensors file, or 'default'"
-        )
     if arch not in open_clip.list_models():
         raise EmbedderError(f"unknown open_clip architecture {arch!r} (open_clip.list_models() lists them)")
     force = {}
@@ -340,9 +343,16 @@ def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
         path, tag_cfg = cached_pretrained_file(arch, weights)
         model_id = f"{arch}@{weights}"
         force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
+    extra = {}
+    if arch == DEFAULT_ARCH:  # our config names package folders: resolve them, and its preprocessing
+        extra = {"text_cfg": resolve_config(arch)["text_cfg"], "pretrained_text": False}
+        force = {"mean": DEFAULT_MEAN, "std": DEFAULT_STD}
     try:
-        model = open_clip.create_model(arch, pretrained=path, device=device, force_preprocess_cfg=force)
-        tokenizer = open_clip.get_tokenizer(arch)
+        with quiet_loading():
+            model = open_clip.create_model(
+                arch, pretrained=path, device=device, force_preprocess_cfg=force, **extra
+            )
+        tokenizer = default_tokenizer() if arch == DEFAULT_ARCH else open_clip.get_tokenizer(arch)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise EmbedderError(f"cannot load {spec}: {str(e).splitlines()[0]}") from e
     preprocess = default_preprocess(model)
@@ -380,6 +390,103 @@ def load_embedder(name_or_path: str | None = None, device: str = "cpu") -> Embed
     return load_open_clip(spec, device)
 
 
-def describe_config(arch: str = DEFAULT_ARCH) -> str:
-    """The resolved config as JSON (for ``--help`` texts and the README)."""
-    return json.dumps(resolve_config(arch), indent=1)
+def save_local_dir(embedder: Embedder, folder: str | os.PathLike) -> str:
+    """Write the default embedder as an open_clip ``local-dir:`` folder; returns its spec.
+
+    The folder holds ``open_clip_config.json`` (model and preprocess config),
+    ``open_clip_model.safetensors`` (all weights) and the tokenizer files, so
+    ``open_clip.create_model_and_transforms("local-dir:FOLDER")`` and ``load_embedder`` reload it in
+    one call. The text tower's config is read from the installed MiniLM package folder.
+    """
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    config = {
+        "model_cfg": resolve_config(DEFAULT_ARCH),
+        "preprocess_cfg": {k: v for k, v in embedder.model.visual.preprocess_cfg.items() if k != "size"},
+    }
+    with open(os.path.join(folder, "open_clip_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1)
+    state = {k: v.detach().contiguous() for k, v in embedder.model.state_dict().items()}
+    save_file(state, os.path.join(folder, "open_clip_model.safetensors"))
+    embedder.tokenizer.save_pretrained(str(folder))
+    return f"local-dir:{folder}"
+
+
+# --- one shard's embeddings (the embed stage's work) ---------------------------------------------
+
+IMAGE_BATCH = 32  # images per forward: ~20 MB of pixels; larger batches gained nothing on 2 cores
+TEXT_BATCH = 256  # captions per text forward (32 tokens each: cheap)
+
+
+class ShardEmbedder:
+    """Collects one shard's pairs and returns its ``embeddings`` rows.
+
+    Each image is preprocessed when it is added (the full-size image is not kept) and embedded
+    once per ``image_id`` in batches of ``batch_size``; captions are embedded at the end. An
+    image that fails to preprocess gets a null ``image_vec`` and ``clip_score``; nothing raises.
+    """
+
+    def __init__(self, embedder: Embedder, batch_size: int = IMAGE_BATCH):
+        self.embedder, self.batch_size = embedder, batch_size
+        self.rows: list[tuple[str, str, str]] = []  # (sample_id, image_id, caption) in add order
+        self.image_vecs: dict[str, np.ndarray | None] = {}  # image_id -> unit vector (None: failed)
+        self.pending: list[tuple[str, object]] = []  # (image_id, preprocessed tensor)
+
+    def add(self, sample_id: str, image_id: str, caption: str, image) -> None:
+        self.rows.append((sample_id, image_id, caption))
+        if image_id in self.image_vecs or any(i == image_id for i, _ in self.pending):
+            return
+        try:
+            self.pending.append((image_id, self.embedder.preprocess(image)))
+        except Exception:  # one undecodable or degenerate image must not fail the shard
+            self.image_vecs[image_id] = None
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Embed the pending images in one forward."""
+        import torch
+
+        if not self.pending:
+            return
+        vecs = self.embedder.encode_image_tensors(torch.stack([p for _, p in self.pending]))
+        for (image_id, _), vec in zip(self.pending, vecs, strict=True):
+            self.image_vecs[image_id] = vec
+        self.pending = []
+
+    def finish(self) -> pa.Table:
+        """The shard's rows, in add order, as an ``embeddings`` table."""
+        from engine import schema
+
+        self.flush()
+        captions = [caption for _, _, caption in self.rows]
+        text = [
+            self.embedder.encode_texts(captions[i : i + TEXT_BATCH])
+            for i in range(0, len(captions), TEXT_BATCH)
+        ]
+        text_vecs = np.concatenate(text) if text else np.zeros((0, self.embedder.embed_dim), np.float32)
+        image_vecs, scores = [], []
+        for (_, image_id, _), text_vec in zip(self.rows, text_vecs, strict=True):
+            vec = self.image_vecs[image_id]
+            image_vecs.append(None if vec is None else vec.astype(np.float16))
+            scores.append(None if vec is None else float(vec @ text_vec))
+        dim = self.embedder.embed_dim
+        table_schema = schema.embeddings_schema(dim)
+        return pa.table(
+            {
+                "sample_id": pa.array([r[0] for r in self.rows], pa.string()),
+                "image_id": pa.array([r[1] for r in self.rows], pa.string()),
+                "model_id": pa.array([self.embedder.model_id] * len(self.rows), pa.string()),
+                "image_vec": pa.array(image_vecs, pa.list_(pa.float16(), dim)),
+                "text_vec": pa.array(list(text_vecs.astype(np.float16)), pa.list_(pa.float16(), dim)),
+                "clip_score": pa.array(scores, pa.float32()),
+            },
+            schema=table_schema,
+        )
+
+
+def vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list vector column -> (n, d) float32 (rows must not be null)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return array.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(array), -1)
