@@ -194,3 +194,56 @@ def test_empty_and_single_sample_workspaces(tmp_path):
     assert summary.samples == 1 and row["community_id"] == sample_id and row["is_representative"]
     assert row["nearest_id"] is None and row["nearest_sim"] is None
     assert pc.sum(ws.read_table("dedup")["is_representative"]).as_py() == 1
+
+
+def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
+    """Edited copies of openclipart images join their originals; unrelated images stay alone.
+
+    The whole path: ingest + profile + the embed stage (the embedded default model), the image
+    index, then dedup with the calibrated defaults (README, "Dedup").
+    """
+    from pipelines.stages import EmbedStage
+    from tests.neardup import EDITS, edit
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    originals = openclipart_files(16, seed=11)
+    unrelated = openclipart_files(24, seed=11, skip=16)
+    for k, path in enumerate(originals):
+        image = load_original(path)
+        (folder / f"orig{k:02d}.png").write_bytes(png(image))
+        (folder / f"orig{k:02d}.txt").write_text(os.path.basename(path))
+        for name in EDITS:
+            data, ext = edit(image, name)
+            (folder / f"orig{k:02d}-{name}{ext}").write_bytes(data)
+            (folder / f"orig{k:02d}-{name}.txt").write_text(f"{name} copy")
+    for k, path in enumerate(unrelated):
+        (folder / f"other{k:02d}.png").write_bytes(png(load_original(path)))
+        (folder / f"other{k:02d}.txt").write_text(os.path.basename(path))
+    ws = Workspace(str(tmp_path / "ws"))
+    source = FolderSource(str(folder), 2**30)
+    plan = plan_source(ws.create(), source, shard_size=1000)
+    CurateShard(ws, source, plan, IngestConfig(), image_stages=[EmbedStage()])({"shard": 0})
+    build_index(ws, "image")
+    summary = dedup_workspace(ws)
+    table = ws.read_table("dedup")
+    samples = ws.read_table("samples", ["sample_id", "ref"])
+    ref = dict(zip(samples["sample_id"].to_pylist(), samples["ref"].to_pylist(), strict=True))
+    community = {
+        ref[s].rsplit(".", 1)[0]: c
+        for s, c in zip(table["sample_id"].to_pylist(), table["community_id"].to_pylist(), strict=True)
+    }
+    joined = {
+        name: np.mean([community[f"orig{k:02d}-{name}"] == community[f"orig{k:02d}"] for k in range(16)])
+        for name in EDITS
+    }
+    for name in EASY_EDITS:  # calibration: >= 0.95 of these copies reach the threshold
+        assert joined[name] >= 0.9, joined
+    assert np.mean(list(joined.values())) >= 0.75, joined
+    alone = [c for name, c in community.items() if name.startswith("other")]
+    members = list(community.values())
+    assert all(members.count(c) == 1 for c in alone)  # unrelated images are in no community
+    assert summary.duplicates >= 0.75 * 16 * len(EDITS)
+    for k in range(16):  # a representative is never a smaller (resized or cropped) copy
+        rep = ref[community[f"orig{k:02d}"]]
+        assert not rep.startswith((f"orig{k:02d}-resized", f"orig{k:02d}-cropped"))
