@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import time
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
 from engine.dedup import DedupConfig, find_communities, representative_order, semantic_pairs
 from engine.index import IndexConfig, IndexMeta, VectorIndex, add_vectors, create_faiss_index
@@ -102,34 +104,36 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     faiss.omp_set_num_threads(args.threads)
-    times = {}
-    t0 = time.perf_counter()
-    vectors, cluster = make_data(args.n, args.dim, args.seed)
-    times["generate_s"] = time.perf_counter() - t0
+    times, cpu = {}, {}
+    clock = [time.perf_counter(), time.process_time()]
 
-    start = time.perf_counter()
+    def lap(name: str) -> None:
+        """Wall and CPU seconds (all threads) since the previous lap."""
+        now = [time.perf_counter(), time.process_time()]
+        times[name], cpu[name] = now[0] - clock[0], now[1] - clock[1]
+        clock[:] = now
+        print(f"{name}: {times[name]:.1f} s wall, {cpu[name]:.1f} s CPU", flush=True)
+
+    vectors, cluster = make_data(args.n, args.dim, args.seed)
+    lap("generate_s")
+
     config = IndexConfig(kind="ivfpq", nprobe=args.nprobe, seed=args.seed).resolve(args.n, args.dim)
     index = create_faiss_index(config, args.dim)
     sample = np.random.default_rng(args.seed).choice(args.n, config.train_size, replace=False)
     index.train(vectors[np.sort(sample)].astype(np.float32))
-    times["train_s"] = time.perf_counter() - start
-    start = time.perf_counter()
+    lap("train_s")
     for s in range(0, args.n, CHUNK):
         add_vectors(index, vectors[s : s + CHUNK], "ivfpq")
-    times["add_s"] = time.perf_counter() - start
+    lap("add_s")
     meta = IndexMeta("image", "synthetic", "ivfpq", args.dim, args.n, vars(config))
     vindex = VectorIndex(index, np.arange(args.n).astype(str).astype(object), meta)
     vindex.set_search_params(nprobe=args.nprobe)
 
-    start = time.perf_counter()
     i, j, sim, _, _ = semantic_pairs(vindex, vectors, args.threshold, args.k, args.nprobe)
-    times["knn_graph_s"] = time.perf_counter() - start
-    start = time.perf_counter()
+    lap("knn_graph_s")
     dedup = DedupConfig(threshold=args.threshold, k=args.k, seed=args.seed)
     labels, split = find_communities(args.n, i, j, sim.astype(np.float64), dedup)
-    times["communities_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    import pyarrow as pa
+    lap("communities_s")
 
     rng = np.random.default_rng(args.seed + 1)
     quality = pa.table(
@@ -145,7 +149,7 @@ def main() -> None:
     best = np.full(args.n, np.iinfo(np.int64).max)
     np.minimum.at(best, labels, rank)
     representatives = int((rank == best[labels]).sum())
-    times["representatives_s"] = time.perf_counter() - start
+    lap("representatives_s")
     dedup_wall = sum(v for k, v in times.items() if k != "generate_s")
     result = {
         "command": "PYTHONPATH=$PWD .venv/bin/python bench/bench_dedup.py "
@@ -164,7 +168,10 @@ def main() -> None:
         "representatives": representatives,
         **pair_metrics(labels, cluster),
         "times_s": {k: round(v, 1) for k, v in times.items()},
+        "cpu_s": {k: round(v, 1) for k, v in cpu.items()},
         "dedup_wall_s": round(dedup_wall, 1),
+        "dedup_cpu_s": round(sum(v for k, v in cpu.items() if k != "generate_s"), 1),
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     text = json.dumps(result, indent=1)

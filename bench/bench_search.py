@@ -93,6 +93,9 @@ def main() -> None:
             "params": {k: vindex.meta.params[k] for k in ("nlist", "pq_m", "nprobe", "hnsw_m", "ef_search")},
         }
         print(kind, results[kind], flush=True)
+        if args.output:  # partial results survive a long run being stopped
+            with open(args.output, "w") as f:
+                json.dump(results, f, indent=1)
         del vindex
         gc.collect()
     result = {

@@ -30,7 +30,14 @@ def openclipart_files(n: int, seed: int, skip: int = 0) -> list[str]:
         os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f.lower().endswith(".png")
     )
     order = np.random.default_rng(seed).permutation(len(files))
-    picked = [files[i] for i in order if os.path.getsize(files[i]) <= MAX_FILE_BYTES]
+    picked, names = [], set()
+    for i in order:  # openclipart files one picture under several folders: take one of them
+        name = os.path.basename(files[i])
+        if os.path.getsize(files[i]) <= MAX_FILE_BYTES and name not in names:
+            names.add(name)
+            picked.append(files[i])
+        if len(picked) == skip + n:
+            break
     return picked[skip : skip + n]
 
 

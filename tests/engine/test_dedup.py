@@ -26,6 +26,9 @@ from pipelines.curate import CurateShard
 from tests.engine.test_index import unit, write_embeddings
 from tests.neardup import load_original, openclipart_files, png
 
+EASY_EDITS = ("flipped",)  # edits whose copies reach the default threshold >= 95% of the time
+# (scripts/calibrate_dedup.py, README "Dedup"); the others are asserted on average
+
 # --- pHash ------------------------------------------------------------------------------------
 
 
