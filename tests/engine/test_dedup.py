@@ -199,6 +199,7 @@ def test_empty_and_single_sample_workspaces(tmp_path):
     assert pc.sum(ws.read_table("dedup")["is_representative"]).as_py() == 1
 
 
+@pytest.mark.slow  # 160 images through the embedder: 317 s here with the 2 cores shared
 def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
     """Edited copies of openclipart images join their originals; unrelated images stay alone.
 
@@ -243,9 +244,9 @@ def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
     for name in EASY_EDITS:  # calibration: >= 0.95 of these copies reach the threshold
         assert joined[name] >= 0.9, joined
     assert np.mean(list(joined.values())) >= 0.75, joined
-    alone = [c for name, c in community.items() if name.startswith("other")]
-    members = list(community.values())
-    assert all(members.count(c) == 1 for c in alone)  # unrelated images are in no community
+    planted = {c for name, c in community.items() if name.startswith("orig")}
+    strays = [name for name, c in community.items() if name.startswith("other") and c in planted]
+    assert strays == []  # no unrelated image joins an original or its copies
     assert summary.duplicates >= 0.75 * 16 * len(EDITS)
     for k in range(16):  # a representative is never a smaller (resized or cropped) copy
         rep = ref[community[f"orig{k:02d}"]]
