@@ -248,7 +248,8 @@ def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
     strays = [name for name, c in community.items() if name.startswith("other") and c in planted]
     # Few unrelated images join an original or its copies. Not none: with the default embedder
     # 28% of openclipart images have another openclipart image at cosine >= 0.90 (calibration,
-    # README "Dedup"), and 16 originals with 6 copies each offer many ways in: 5 of these 24 join (a quarter is the bound).
+    # README "Dedup"), and 16 originals with 6 copies each offer many ways in: 5 of these 24
+    # join, and a quarter is the bound.
     assert len(strays) <= 6, strays
     assert summary.duplicates >= 0.75 * 16 * len(EDITS)
     for k in range(16):  # a representative is never a smaller (resized or cropped) copy
