@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -80,3 +81,6 @@ def test_index_then_dedup_on_a_workspace(tmp_path):
     assert "1 duplicate communities" in result.output
     rows = run_sql(ws, "SELECT n_samples, sample_ids FROM near_duplicates").to_pylist()
     assert rows == [{"n_samples": 2, "sample_ids": sorted(ids[:2])}]
+    first = Path(ws.path("dedup", "all.parquet")).read_bytes()
+    assert runner.invoke(app, ["dedup", "--workspace", ws.root]).exit_code == 0
+    assert Path(ws.path("dedup", "all.parquet")).read_bytes() == first  # same inputs: same bytes
