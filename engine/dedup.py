@@ -49,7 +49,7 @@ class DedupConfig:
     k: int = 16  # neighbours per image: a near-duplicate cluster larger than k is still joined
     # through chains of neighbours, and 16 keeps the 1M-vector search within budget (bench)
     nprobe: int | None = 8  # IVF cells joined with each cell; None: the index's own nprobe.
-    # 8 found every planted pair at 200k vectors (bench/bench_dedup.py)
+    # 8 found every planted pair of 1M vectors (bench/bench_dedup.py)
     method: str = "louvain"  # louvain (networkx) | leiden (needs a networkx backend such as cugraph)
     resolution: float = 1.0  # modularity resolution: > 1 gives smaller communities
     louvain_min_size: int = 32  # components at least this large and sparser than `dense`
