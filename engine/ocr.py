@@ -27,8 +27,9 @@ not found, which is what a text-rendering signal can afford.
 
 Per-image signals (``ocr_signals``), the columns of ``schema.OCR``:
 
-* ``ocr_text``: the lines' texts in reading order (top to bottom, rows left to right), joined by
-  newlines; ``ocr_lines``: text, confidence and box (4 corner points, pixels of the input image).
+* ``ocr_text``: the text in reading order: rows top to bottom joined by newlines, the detector's
+  pieces of one row left to right joined by spaces (``text_rows``); ``ocr_lines``: each detected
+  line's text, confidence and box (4 corner points, pixels of the input image), in that order.
 * ``ocr_conf_mean``: mean line confidence (null without lines).
 * ``text_area_ratio``: area of the union of the line boxes / image area.
 * ``ocr_lang``: ``none`` without Han or Latin letters, else by the share of Han characters among
@@ -61,6 +62,7 @@ DEFAULT_BACKEND = "paddleocr"  # chosen by bench/bench_ocr.py: see README, "OCR"
 MIN_SIDE = 16  # px: below this no line of text is legible; such images get an empty result
 MAX_SIDE = 4000  # px: larger images are downscaled first (PaddleX's own max_side_limit)
 DET_SIDE_LIMIT = 960  # px: longer side of the detector's input (PaddleOCR's PP-OCRv5 default)
+PAD = 32  # px of replicated edge added around every image before detection (see read_image)
 MIN_SCORE = 0.5  # recognition confidence below which a line is dropped (PaddleOCR's default)
 
 # Environment variables that configure OCR where no option does (the CLI options override them).
@@ -280,11 +282,18 @@ def _model_name(model_dir: Path) -> str | None:
     return (meta.get("Global") or {}).get("model_name")
 
 
-def resolve_model_dirs(config: OcrConfig) -> dict[str, Path]:
-    """The det/rec/cls dirs to load: configured ones checked, the rest from the embedded models."""
+def check_config(config: OcrConfig) -> dict[str, Path]:
+    """Cheap checks of a config (no model is loaded): raises OcrModelError naming the setting.
+
+    Returns the configured model dirs by role (det, rec, cls); the others are embedded.
+    """
     if config.backend not in OCR_BACKENDS:
         raise OcrModelError(
             f"unknown OCR backend {config.backend!r}: fix --ocr-backend (one of {', '.join(OCR_BACKENDS)})"
+        )
+    if config.det_side_limit < 32 or config.max_side < config.det_side_limit or config.num_threads < 1:
+        raise OcrModelError(
+            "OCR sizes: need det_side_limit >= 32, max_side >= det_side_limit, num_threads >= 1"
         )
     dirs = {}
     for role, setting in (("det", "det-model-dir"), ("rec", "rec-model-dir"), ("cls", "cls-model-dir")):
@@ -292,7 +301,16 @@ def resolve_model_dirs(config: OcrConfig) -> dict[str, Path]:
         if given:
             dirs[role] = _check_dir(given, setting, config.backend)
     if len(dirs) < 3:
-        embedded = prepare_model_dirs(config.resolved_cache_dir())
+        embedded_model_dir()  # raises when rapidocr-onnxruntime is not installed
+    return dirs
+
+
+def resolve_model_dirs(config: OcrConfig) -> dict[str, Path]:
+    """The det/rec/cls dirs to load: configured ones checked, the rest from the embedded models."""
+    dirs = check_config(config)
+    if len(dirs) < 3:
+        with offline_env(config.resolved_cache_dir()):
+            embedded = prepare_model_dirs(config.resolved_cache_dir())
         dirs = {role: dirs.get(role, embedded[role]) for role in ("det", "rec", "cls")}
     return dirs
 
@@ -442,23 +460,29 @@ def read_image(ocr, image: Image.Image, max_side: int = MAX_SIDE) -> OcrResult:
     if max(width, height) > max_side:
         scale = max_side / max(width, height)
         image = image.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
-    bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+    rgb = np.asarray(image.convert("RGB"))
+    # Replicated edge pixels around the image: the detector misses text that runs edge to edge
+    # in a narrow image (a tightly cropped label rotated by 90 degrees) without them.
+    bgr = np.ascontiguousarray(np.pad(rgb[:, :, ::-1], ((PAD, PAD), (PAD, PAD), (0, 0)), mode="edge"))
     lines = []
     for text, score, box in ocr.read(bgr):
-        text = text.strip()
+        text = " ".join(text.split())
         if not text:
             continue
-        points = np.asarray(box, dtype=np.float64).reshape(4, 2) / scale
+        points = (np.asarray(box, dtype=np.float64).reshape(4, 2) - PAD) / scale
         points[:, 0] = points[:, 0].clip(0, width)
         points[:, 1] = points[:, 1].clip(0, height)
         box = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
         lines.append(OcrLine(text, round(float(score), 4), box))
-    return OcrResult(width, height, reading_order(lines))
+    return OcrResult(width, height, [line for row in text_rows(lines) for line in row])
 
 
-def reading_order(lines: list[OcrLine]) -> list[OcrLine]:
-    """Top to bottom; boxes whose vertical centres lie within half a line height form a row,
-    read left to right."""
+def text_rows(lines: list[OcrLine]) -> list[list[OcrLine]]:
+    """Lines grouped into rows, top to bottom, each read left to right.
+
+    A line joins the row above when their vertical centres are within half the smaller height
+    (the detector often cuts one printed line into words or phrases).
+    """
 
     def extent(line: OcrLine) -> tuple[float, float, float]:
         ys = [p[1] for p in line.box]
@@ -473,7 +497,12 @@ def reading_order(lines: list[OcrLine]) -> list[OcrLine]:
                 rows[-1].append(line)
                 continue
         rows.append([line])
-    return [line for row in rows for line in sorted(row, key=lambda ln: extent(ln)[2])]
+    return [sorted(row, key=lambda ln: extent(ln)[2]) for row in rows]
+
+
+def rows_text(lines: list[OcrLine]) -> str:
+    """The text of lines in reading order: rows joined by newlines, pieces of a row by spaces."""
+    return "\n".join(" ".join(line.text for line in row) for row in text_rows(lines))
 
 
 # --- signals ------------------------------------------------------------------------------------
@@ -586,7 +615,7 @@ def ocr_signals(result: OcrResult, caption: str) -> dict:
     lines = result.lines
     area = result.width * result.height
     ratio = union_area([ln.box for ln in lines], result.width, result.height) / area if area else 0.0
-    text = "\n".join(ln.text for ln in lines)
+    text = rows_text(lines)
     return {
         "ocr_text": text,
         "ocr_lines": [asdict(ln) for ln in lines],
