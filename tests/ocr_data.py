@@ -75,7 +75,8 @@ def openclipart_pngs() -> tuple[str, ...]:
     paths = []
     for root, _, files in os.walk(OPENCLIPART_PNG):
         paths += [os.path.join(root, f) for f in files if f.endswith(".png")]
-    return tuple(sorted(paths))
+    # Under 512 KB: skips the few huge ones (openclipart ships PNGs of 100+ megapixels).
+    return tuple(sorted(p for p in paths if os.path.getsize(p) < 512 * 1024))
 
 
 def openclipart_image(n: int, size: tuple[int, int]) -> Image.Image:
