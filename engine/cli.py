@@ -341,7 +341,7 @@ def demo(
 def ocr(
     workspace: WorkspaceOption,
     ocr_backend: Annotated[
-        str | None, typer.Option(help="paddleocr or rapidocr (env ZCURATE_OCR_BACKEND; default paddleocr).")
+        str | None, typer.Option(help="rapidocr or paddleocr (env ZCURATE_OCR_BACKEND; default rapidocr).")
     ] = None,
     ocr_det_model_dir: Annotated[
         str | None,

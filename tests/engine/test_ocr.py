@@ -193,6 +193,8 @@ def test_text_area_ratio_is_the_union_of_boxes():
 def test_rows_are_read_top_to_bottom_and_left_to_right():
     lines = [line("world", 60, 2, 100, 20), line("second", 0, 40, 50, 60), line("hello", 0, 0, 50, 18)]
     assert rows_text(lines) == "hello world\nsecond"
+    pieces = [line("现象", 0, 0, 40, 20), line("下 2025", 50, 0, 120, 20), line("版", 130, 0, 150, 20)]
+    assert rows_text(pieces) == "现象下 2025 版"  # no space between CJK pieces
 
 
 def test_watermark_heuristic():
