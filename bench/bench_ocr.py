@@ -21,10 +21,11 @@ Ray stage vs plain loop (``--ray-backend``, default: the engine's default backen
 curated into a workspace without OCR, then ``pipelines.backfill.run_image_stage`` runs the
 ``OcrStage`` on a Ray actor pool (one actor per CPU, one inference thread each), Ray started
 beforehand. It is compared with the same stage's work (``OcrStage.add``) in a plain loop over
-the same decoded images with as many threads as CPUs. Both numbers include loading the model
-(each actor loads its own, in parallel); the steady-state rate excludes it: rows written after
-every actor finished its first shard (one shard file per CPU written) over the time until the
-last shard file appeared; the loop's steady rate excludes its model loading.
+the same decoded images with as many inference threads as CPUs (``--loop-threads`` to change).
+Both numbers include loading the model (each actor loads its own, in parallel); the steady-state
+rate excludes it: rows written after every actor finished its first shard (one shard file per
+CPU written) over the time until the last shard file appeared; the loop's steady rate excludes
+its model loading.
 
 Run by hand from the repository root (about 10 minutes on the shared 2-core machine)::
 
@@ -210,7 +211,9 @@ def accuracy_run(backend: str, items: list[dict], threads: int, cache_dir: str) 
     }
 
 
-def ray_vs_loop(backend: str, items: list[dict], num_cpus: int, shard_size: int, work: str) -> dict:
+def ray_vs_loop(
+    backend: str, items: list[dict], num_cpus: int, shard_size: int, work: str, loop_threads: int
+) -> dict:
     """The OcrStage on Ray (run_image_stage) against the same stage in a plain loop."""
     from engine.ingest import IngestConfig
     from engine.source import load_source
@@ -230,7 +233,7 @@ def ray_vs_loop(backend: str, items: list[dict], num_cpus: int, shard_size: int,
 
     # Plain loop: the stage's own work over the same (decoded) images, model load included.
     t0 = time.perf_counter()
-    stage = OcrStage(OcrConfig(backend=backend, num_threads=num_cpus, cache_dir=cache_dir))
+    stage = OcrStage(OcrConfig(backend=backend, num_threads=loop_threads, cache_dir=cache_dir))
     stage.setup()
     setup_s = time.perf_counter() - t0
     stage.begin_shard()
@@ -267,7 +270,12 @@ def ray_vs_loop(backend: str, items: list[dict], num_cpus: int, shard_size: int,
         "backend": backend,
         "num_cpus": num_cpus,
         "shard_size": shard_size,
-        "loop": {"rows": loop_rows, "seconds": round(loop_s, 2), "setup_s": round(setup_s, 2)},
+        "loop": {
+            "threads": loop_threads,
+            "rows": loop_rows,
+            "seconds": round(loop_s, 2),
+            "setup_s": round(setup_s, 2),
+        },
         "loop_images_per_s": round(loop_rate, 3),
         "loop_images_per_s_excl_setup": round(loop_steady, 3),
         "curate_without_ocr_s": round(curate_s, 2),
@@ -292,6 +300,9 @@ def main() -> None:
     )
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--shard-size", type=int, default=16)
+    parser.add_argument(
+        "--loop-threads", type=int, help="inference threads of the plain loop (default: --num-cpus)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -321,7 +332,10 @@ def main() -> None:
                 flush=True,
             )
         if args.ray_backend:
-            results["ray"] = ray_vs_loop(args.ray_backend, items, args.num_cpus, args.shard_size, work)
+            threads = args.loop_threads or args.num_cpus
+            results["ray"] = ray_vs_loop(
+                args.ray_backend, items, args.num_cpus, args.shard_size, work, threads
+            )
             print(json.dumps(results["ray"], indent=1), flush=True)
     results["total_s"] = round(time.perf_counter() - started, 1)
     if args.json:
