@@ -7,7 +7,8 @@ WenQuanYi Micro Hei), sizes (16, 24, 32, 48 px) and backgrounds: white, a colour
 "clean renders"), a scikit-image photo and an openclipart image (outlined text). Seeded: the same
 ``--seed`` gives the same images.
 
-Per backend, a plain loop (one process, ``num_threads`` = all CPUs) reads every image through
+Per backend, a plain loop (one process, ``--loop-threads`` inference threads, default all CPUs)
+reads every image through
 ``engine.ocr.read_image`` and reports:
 
 * exact-line accuracy: share of ground-truth lines equal to a row the OCR read (rows as in
@@ -321,7 +322,8 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="zcurate-bench-ocr-") as work:
         for backend in [b for b in args.backends.split(",") if b]:
-            run = accuracy_run(backend, items, args.num_cpus, os.path.join(work, "cache"))
+            threads = args.loop_threads or args.num_cpus
+            run = accuracy_run(backend, items, threads, os.path.join(work, "cache"))
             results["accuracy"].append(run)
             s = run["scores"]
             print(
