@@ -8,8 +8,7 @@ WenQuanYi Micro Hei), sizes (16, 24, 32, 48 px) and backgrounds: white, a colour
 ``--seed`` gives the same images.
 
 Per backend, a plain loop (one process, ``--loop-threads`` inference threads, default all CPUs)
-reads every image through
-``engine.ocr.read_image`` and reports:
+reads every image through ``engine.ocr.read_image`` and reports:
 
 * exact-line accuracy: share of ground-truth lines equal to a row the OCR read (rows as in
   ``ocr_text``: whitespace runs collapsed); also with all whitespace ignored, since PP-OCRv4's
