@@ -13,7 +13,9 @@ plus an ``inference.yml`` (pre/post-processing, the recognition alphabet), so ``
 builds such directories once under the cache directory: a link to the wheel's ONNX file and a YAML
 written from the model's own metadata. Other PaddleOCR model directories (e.g. PP-OCRv5 server, in
 Paddle or ONNX format) are chosen by config (``OcrConfig`` / ``ZCURATE_OCR_*`` / CLI options);
-Paddle-format models run with ``enable_mkldnn=False`` (oneDNN crashes on this CPU).
+Paddle-format models run on Paddle Inference with ``enable_mkldnn=False`` (oneDNN off, as the
+issue prescribes for this CPU; no Paddle-format OCR model is installed here, so that path is
+exercised only by users who bring one).
 
 Nothing is downloaded: PaddleX's model-source connectivity check is switched off, its cache goes
 to ``cache_dir`` (a temp directory), and ``$HOME`` points at ``cache_dir`` while paddle is imported
@@ -23,13 +25,15 @@ Sizes. Images with a side under ``MIN_SIDE`` px give an empty result. Images wit
 ``max_side`` (4000 px) are downscaled to it first (recognition crops come from that copy); the
 detector itself sees the image resized so that its longer side is ``det_side_limit`` (960 px,
 PaddleOCR's own default for the PP-OCRv5 detectors): text smaller than ~8 px after that resize is
-not found, which is what a text-rendering signal can afford.
+not found, which is what a text-rendering signal can afford. A ``PAD`` px border of replicated
+edge pixels is added before detection (see ``read_image``).
 
 Per-image signals (``ocr_signals``), the columns of ``schema.OCR``:
 
 * ``ocr_text``: the text in reading order: rows top to bottom joined by newlines, the detector's
-  pieces of one row left to right joined by spaces (``text_rows``); ``ocr_lines``: each detected
-  line's text, confidence and box (4 corner points, pixels of the input image), in that order.
+  pieces of one row left to right joined by a space, none between CJK characters (``rows_text``);
+  ``ocr_lines``: each detected line's text, confidence and box (4 corner points, pixels of the
+  input image), in that order.
 * ``ocr_conf_mean``: mean line confidence (null without lines).
 * ``text_area_ratio``: area of the union of the line boxes / image area.
 * ``ocr_lang``: ``none`` without Han or Latin letters, else by the share of Han characters among
@@ -45,6 +49,7 @@ Per-image signals (``ocr_signals``), the columns of ``schema.OCR``:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import tempfile
@@ -429,11 +434,12 @@ def _rec_keys_file(model_dir: Path, cache_dir: str) -> str | None:
     )
     if not chars:
         return None
-    path = Path(cache_dir) / "keys" / f"{abs(hash(tuple(chars)))}.txt"
+    text = "\n".join(chars) + "\n"
+    path = Path(cache_dir) / "keys" / f"{hashlib.blake2b(text.encode(), digest_size=8).hexdigest()}.txt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}")
-        tmp.write_text("\n".join(chars) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     return str(path)
 
