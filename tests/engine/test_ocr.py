@@ -1,8 +1,8 @@
 """engine/ocr.py: both backends for real on rendered text, and the text signals by hand.
 
-Each backend loads once per module (PaddleOCR takes ~15 s to import paddle). Recognised strings
-are compared with whitespace removed: PP-OCRv4's Chinese-English recogniser sometimes drops the
-space between Latin words ("Curating dataatscale"); bench/bench_ocr.py measures how often.
+Each backend loads once per module (PaddleOCR takes ~15 s to import paddle). Most recognised
+strings are compared with whitespace removed; the word spaces (which PP-OCRv4's recogniser often
+drops and ``restore_spaces`` puts back) have tests of their own, on rendered lines and by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -27,6 +28,7 @@ from engine.ocr import (
     ocr_signals,
     prepare_model_dirs,
     read_image,
+    restore_spaces,
     rows_text,
     text_language,
     union_area,
@@ -113,6 +115,21 @@ def test_rendered_text_is_read(ocr, case):
     assert read_text(ocr, make()) == [squash(line) for line in expected]
 
 
+# Lines whose word spaces PP-OCRv4's argmax decoding dropped on both backends (bench/bench_ocr.py,
+# seed 0: "salegardenslowgarden", "freecitymuseum"), with numbers and a second line.
+SPACED_LINES = {
+    "sans_24": (["daily 173", "sale garden slow garden"], font(False, 0), 24),
+    "mono_16": (["free city museum"], font(False, 2), 16),
+    "sans_32": (["blue image free stage", "school bakery museum tower 1642"], font(False, 0), 32),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPACED_LINES))
+def test_english_words_are_read_with_their_spaces(ocr, case):
+    lines, spec, size = SPACED_LINES[case]
+    assert rows_text(read_image(ocr, render_lines(lines, spec, size)).lines).split("\n") == lines
+
+
 def test_large_image_is_resized_and_boxes_are_in_its_own_pixels(ocr):
     image = paste_text(gradient((6000, 1500), 1), "HUGE BANNER", EN, 300, (400, 500))
     result = read_image(ocr, image)
@@ -188,6 +205,40 @@ def test_text_area_ratio_is_the_union_of_boxes():
     assert union_area(boxes, 100, 100) == 150 + 100  # overlap counted once; clipped to the image
     result = OcrResult(100, 100, [line("a", 0, 0, 10, 10), line("b", 5, 0, 15, 10)])
     assert ocr_signals(result, "")["text_area_ratio"] == pytest.approx(0.015)
+
+
+def ctc_probs(frames: str, alphabet: list[str], space_in_gaps: dict[int, float]) -> np.ndarray:
+    """T x C probabilities whose argmax spells ``frames`` ("_" the blank, one frame per character);
+    ``space_in_gaps`` gives the space class that probability at those frames (blank keeps the rest)."""
+    probs = np.full((len(frames), len(alphabet)), 0.0)
+    for t, ch in enumerate(frames):
+        probs[t, 0 if ch == "_" else alphabet.index(ch)] = 1.0
+    for t, p in space_in_gaps.items():
+        probs[t, 0], probs[t, -1] = 1 - p, p
+    return probs
+
+
+def test_restore_spaces_from_the_ctc_output():
+    alphabet = ["blank", *"abcdeno12", "中", "文", " "]
+    # "ab" then a gap twice the pitch where the space class got 0.2 (blank won), then "cd".
+    probs = ctc_probs("a_b___c_d", alphabet, {4: 0.2})
+    assert restore_spaces("abcd", probs, alphabet) == "ab cd"
+    # A faint space probability counts only where the gap is clearly wider than the pitch.
+    assert restore_spaces("abcd", ctc_probs("a_b___c_d", alphabet, {4: 0.02}), alphabet) == "ab cd"
+    assert restore_spaces("abcd", ctc_probs("a_b___c_d", alphabet, {4: 0.005}), alphabet) == "abcd"
+    assert restore_spaces("abcde", ctc_probs("a__b__c__d__e", alphabet, {7: 0.02}), alphabet) == "abcde"
+    assert restore_spaces("abcde", ctc_probs("a__b__c__d__e", alphabet, {7: 0.2}), alphabet) == "abc de"
+    # A wide gap without space probability (a wide letter) or a narrow one with it: no space.
+    assert restore_spaces("abcd", ctc_probs("a_b___c_d", alphabet, {}), alphabet) == "abcd"
+    assert restore_spaces("abcde", ctc_probs("a__b__c_d__e", alphabet, {7: 0.5}), alphabet) == "abcde"
+    # Spaces the model read stay; none goes between CJK characters or inside a number.
+    assert restore_spaces("ab cd", ctc_probs("a_b_ _c_d", alphabet, {}), alphabet) == "ab cd"
+    assert restore_spaces("中文", ctc_probs("中___文", alphabet, {2: 0.4}), alphabet) == "中文"
+    assert restore_spaces("a中", ctc_probs("a___中", alphabet, {2: 0.4}), alphabet) == "a中"
+    assert restore_spaces("12", ctc_probs("1___2", alphabet, {2: 0.4}), alphabet) == "12"
+    assert restore_spaces("no12", ctc_probs("n_o___1_2", alphabet, {4: 0.4}), alphabet) == "no 12"
+    # Text that is not the decoding of the probabilities is returned as it is.
+    assert restore_spaces("xyz", probs, alphabet) == "xyz"
 
 
 def test_rows_are_read_top_to_bottom_and_left_to_right():
