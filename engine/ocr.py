@@ -64,8 +64,8 @@ from PIL import Image
 
 OCR_BACKENDS = ("paddleocr", "rapidocr")
 # Chosen by bench/bench_ocr.py (README, "OCR"): on the same models RapidOCR read as well or
-# better on every group of the 240-image set (exact lines 0.816 vs 0.798, CER 0.0445 vs 0.0478)
-# at the same images/s, and loads in ~2.5 s where PaddleOCR needs ~25 s (importing paddle).
+# better on every group of the 240-image set (exact lines 0.894 vs 0.888, CER 0.0445 vs 0.0478)
+# at about the same images/s, and loads in ~1-2.5 s where PaddleOCR needs ~25 s (importing paddle).
 DEFAULT_BACKEND = "rapidocr"
 MIN_SIDE = 16  # px: below this no line of text is legible; such images get an empty result
 MAX_SIDE = 4000  # px: larger images are downscaled first (PaddleX's own max_side_limit)
