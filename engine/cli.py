@@ -335,6 +335,61 @@ def demo(
     )
 
 
+@app.command(
+    epilog="Example: zcurate ocr --workspace ./ws  (then: zcurate sql "
+    "\"SELECT ocr_text, ocr_lang FROM signals WHERE ocr_text <> ''\" --workspace ./ws)"
+)
+def ocr(
+    workspace: WorkspaceOption,
+    ocr_backend: Annotated[
+        str | None, typer.Option(help="rapidocr or paddleocr (env ZCURATE_OCR_BACKEND; default rapidocr).")
+    ] = None,
+    ocr_det_model_dir: Annotated[
+        str | None,
+        typer.Option(help="PaddleOCR text detection model dir (default: the embedded PP-OCRv4)."),
+    ] = None,
+    ocr_rec_model_dir: Annotated[
+        str | None,
+        typer.Option(help="PaddleOCR text recognition model dir (default: the embedded PP-OCRv4)."),
+    ] = None,
+    ocr_cls_model_dir: Annotated[
+        str | None,
+        typer.Option(help="Text-line orientation model dir (default: the embedded PP-OCR v2.0 classifier)."),
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+) -> None:
+    """Read the text in every image of a curated workspace (only samples without OCR rows).
+
+    Writes the ocr table (ocr_text, ocr_lines, ocr_conf_mean, text_area_ratio, ocr_lang,
+    ocr_caption_overlap, has_watermark_text), also shown as columns of the signals view.
+    Models: ZCURATE_OCR_* variables or the options; nothing is downloaded.
+    """
+    from engine.ocr import OcrConfig, OcrModelError
+    from engine.workspace import Workspace
+    from pipelines.backfill import run_image_stage
+    from pipelines.stages import OcrStage
+
+    ws = Workspace(workspace)
+    if not ws.exists("samples"):
+        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    try:
+        config = OcrConfig.from_env(
+            backend=ocr_backend,
+            det_model_dir=ocr_det_model_dir,
+            rec_model_dir=ocr_rec_model_dir,
+            cls_model_dir=ocr_cls_model_dir,
+        )
+        stage = OcrStage(config)
+    except (OcrModelError, ValueError) as e:
+        fail(str(e))
+    summary = run_image_stage(ws, stage, num_cpus=num_cpus)
+    out.print(
+        f"ocr ({config.backend}): {summary.shards_run} of {summary.shards_total} shards run, "
+        f"{summary.rows} rows written in {summary.seconds:.1f} s"
+        + (f", {summary.changed} samples skipped (source file changed)" if summary.changed else "")
+    )
+
+
 @app.command(name="reasons", epilog="Example: zcurate reasons")
 def reasons() -> None:
     """List every reject reason and warning code, with what it means."""

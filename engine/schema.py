@@ -146,3 +146,30 @@ DEDUP = pa.schema(
     ]
 )
 TABLES["dedup"] = DEDUP
+# --- ocr: the text in each usable pair's image (engine/ocr.py; the ocr image stage) ---------------
+# A row with null ocr_text is an image the OCR failed on; an image without text has ocr_text "".
+
+OCR_LINE = pa.struct(
+    [
+        ("text", pa.string()),
+        ("confidence", pa.float32()),  # recognition score, 0..1
+        ("box", pa.list_(pa.list_(pa.float32(), 2), 4)),  # 4 corners [x, y] in image pixels, clockwise
+    ]
+)
+
+OCR = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_id", pa.string()),
+        ("ocr_text", pa.string()),  # lines in reading order, joined by "\n"; "" when no text
+        ("ocr_lines", pa.list_(OCR_LINE)),  # in reading order
+        ("ocr_conf_mean", pa.float32()),  # mean line confidence; null without lines
+        ("text_area_ratio", pa.float32()),  # area of the union of line boxes / image area
+        ("ocr_lang", pa.string()),  # en | zh | mixed | none
+        ("ocr_caption_overlap", pa.float32()),  # share of OCR characters the caption has; null without text
+        ("has_watermark_text", pa.bool_()),  # a small credit/URL/stock-agency line (engine.ocr heuristic)
+    ]
+)
+
+TABLES["ocr"] = OCR
+SIGNAL_COLUMNS["ocr"] = tuple(OCR.names[2:])
