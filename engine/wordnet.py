@@ -1,6 +1,6 @@
 """Reading WordNet 3.0's noun database files (Debian ``wordnet-base``) into Arrow tables.
 
-Only ``data.noun``, ``index.noun``, ``noun.exc`` and ``cntlist.rev`` are read, because Debian's
+Only the files below are read, because Debian's
 package lacks ``lexnames`` and ``index.sense`` (so nltk's reader cannot open it). The formats are
 those of wndb(5WN):
 
@@ -9,13 +9,14 @@ those of wndb(5WN):
 * ``index.noun``: ``lemma pos synset_cnt p_cnt [ptr_symbol...] sense_cnt tagsense_cnt offset...``,
   the offsets ordered by sense rank (most frequent sense first);
 * ``noun.exc``: ``inflected_form base_form...``, the irregular plurals (mice -> mouse);
-* ``cntlist.rev``: ``sense_key sense_number tag_cnt``, how often each sense was tagged in SemCor.
+* ``cntlist.rev``: ``sense_key sense_number tag_cnt``, how often each sense was tagged in SemCor;
+* ``index.{verb,adj,adv}`` and ``{verb,adj,adv}.exc``: only their one-word lemmas and forms.
 
 Synset names follow nltk's convention: the synset's first lemma, lower-cased, ``.n.`` and that
 synset's 1-based rank among the lemma's offsets in ``index.noun`` (``christmas_tree.n.05``).
 ``concept_id`` is the synset's byte offset in ``data.noun``, unique among nouns and stable for
 WordNet 3.0. ``scripts/build_wordnet_graph.py`` runs this once; the result is committed under
-``engine/data/`` as ``wordnet_{concepts,edges,lemmas,morph}.parquet`` (see ``engine/data/WORDNET_LICENSE`` for WordNet's licence).
+``engine/data/`` as ``wordnet_{concepts,edges,lemmas,morph,words}.parquet`` (see ``engine/data/WORDNET_LICENSE`` for WordNet's licence).
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ WORDNET_LEMMAS = pa.schema(
     ]
 )
 
+WORDNET_WORDS = pa.schema([("word", pa.string())])  # one-word non-noun lemmas (read_other_words)
+
 WORDNET_MORPH = pa.schema(
     [
         ("form", pa.string()),  # an irregular inflected form, e.g. mice
@@ -161,6 +164,23 @@ def read_morph_exceptions(path: str) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=WORDNET_MORPH)
 
 
+def read_other_words(wordnet_dir: str) -> pa.Table:
+    """One-word lemmas of verbs, adjectives and adverbs, and their irregular forms (``*.exc``).
+
+    Caption words that WordNet knows in any part of speech ("sailing", "festive") are not new
+    concepts; this list lets the tagger tell them from words it has never seen ("clipart").
+    """
+    words = set()
+    for pos in ("verb", "adj", "adv"):
+        for line in _synset_lines(os.path.join(wordnet_dir, f"index.{pos}")):
+            lemma = line.split(" ", 1)[0]
+            if "_" not in lemma:
+                words.add(lemma)
+        with open(os.path.join(wordnet_dir, f"{pos}.exc"), encoding="utf-8") as f:
+            words.update(w for line in f for w in line.split() if "_" not in w)
+    return pa.table({"word": sorted(words)}, schema=WORDNET_WORDS)
+
+
 def _min_depths(parents: dict[int, list[int]], root: int) -> dict[int, int]:
     children: dict[int, list[int]] = {}
     for child, ps in parents.items():
@@ -179,7 +199,9 @@ def _min_depths(parents: dict[int, list[int]], root: int) -> dict[int, int]:
 
 def read_wordnet(wordnet_dir: str = WORDNET_DIR) -> dict[str, pa.Table]:
     """Read the noun database into concepts, edges, lemmas and morph tables, sorted by id."""
-    for name in ("data.noun", "index.noun", "noun.exc", "cntlist.rev"):
+    needed = ["data.noun", "index.noun", "noun.exc", "cntlist.rev"]
+    needed += [f"index.{pos}" for pos in ("verb", "adj", "adv")] + [f"{pos}.exc" for pos in ("verb", "adj", "adv")]
+    for name in needed:
         if not os.path.exists(os.path.join(wordnet_dir, name)):
             raise FileNotFoundError(
                 f"{os.path.join(wordnet_dir, name)} not found: install the Debian package wordnet-base"
@@ -229,4 +251,5 @@ def read_wordnet(wordnet_dir: str = WORDNET_DIR) -> dict[str, pa.Table]:
         "edges": pa.Table.from_pylist(edges, schema=WORDNET_EDGES),
         "lemmas": pa.Table.from_pylist(lemmas, schema=WORDNET_LEMMAS),
         "morph": morph,
+        "words": read_other_words(wordnet_dir),
     }

@@ -7,8 +7,8 @@ time:
     PYTHONPATH=$PWD .venv/bin/python scripts/build_wordnet_graph.py --wordnet-dir /usr/share/wordnet \
         --out engine/data
 
-Writes ``wordnet_concepts.parquet``, ``wordnet_edges.parquet``, ``wordnet_lemmas.parquet`` and
-``wordnet_morph.parquet``
+Writes ``wordnet_concepts.parquet``, ``wordnet_edges.parquet``, ``wordnet_lemmas.parquet``,
+``wordnet_morph.parquet`` and ``wordnet_words.parquet``
 (zstd, fixed writer options, so the same WordNet files give the same bytes) and prints the
 counts, the sizes and the time it took.
 """
