@@ -47,15 +47,14 @@ SOURCE_OCR = "ocr"
 SOURCE_CLIP = "clip"
 
 # English function words that WordNet also lists as (rare) nouns; never a tag on their own.
-STOPWORDS = frozenset(
-    """a an the and or but if of at by for with about against between into through during before
+_STOPWORD_TEXT = """a an the and or but if of at by for with about against between into through during before
     after above below to from up down in out on off over under again further then once here there
     when where why how all any both each few more most other some such no nor not only own same so
     than too very s t can will just don should now i me my we our you your he him his she her it its
     they them their what which who whom this that these those am is are was were be been being have
     has had having do does did doing would could might must may shall one two three four five six
-    seven eight nine ten also as via per etc vs""".split()
-)
+    seven eight nine ten also as via per etc vs"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 _APOSTROPHE_S = re.compile(r"['’]s\b")
 _TOKEN = re.compile(r"[^\W_]+")
@@ -97,7 +96,7 @@ class ConceptMatcher:
     """Longest-match n-gram tagger over the lemmas of a set of concepts (module docstring)."""
 
     senses: dict[str, tuple[int, ...]]  # surface key -> candidate concept ids, best prior first
-    prefixes: frozenset[str]  # every proper prefix of a multiword key
+    prefixes: set[str]  # every proper prefix of a multiword key
     base_form: dict[str, str]  # plural token -> base token (for context words)
     graph: nx.DiGraph = field(repr=False)
     _signatures: dict[int, frozenset[str]] = field(default_factory=dict, repr=False)
@@ -146,9 +145,7 @@ class ConceptMatcher:
                 scores = self._priors(len(candidates))
             else:
                 words = context.difference(self.base_form.get(t, t) for t in tokens[start:end])
-                scores = [
-                    len(words & self.signature(c)) + 1.0 / rank for rank, c in enumerate(candidates, 1)
-                ]
+                scores = [len(words & self.signature(c)) + 1.0 / rank for rank, c in enumerate(candidates, 1)]
             best = max(range(len(candidates)), key=scores.__getitem__)  # first of equals: best prior
             out.append(Match(candidates[best], start, end, key, scores[best] / sum(scores)))
         return out
@@ -206,11 +203,9 @@ class ConceptMatcher:
         for key in keys:
             if concept_id not in self.senses.get(key, ()):
                 self.senses[key] = (*self.senses.get(key, ()), concept_id)
-        prefixes = set(self.prefixes)
         for key in keys:
             parts = key.split(" ")
-            prefixes.update(" ".join(parts[:k]) for k in range(1, len(parts)))
-        self.prefixes = frozenset(prefixes)
+            self.prefixes.update(" ".join(parts[:k]) for k in range(1, len(parts)))
 
 
 def _plural_table(data_dir: str = DATA_DIR) -> dict[str, list[str]]:
@@ -282,7 +277,7 @@ def build_matcher(graph: nx.DiGraph, kept: set[int], data_dir: str = DATA_DIR) -
     for key in senses:
         parts = key.split(" ")
         prefixes.update(" ".join(parts[:k]) for k in range(1, len(parts)))
-    return ConceptMatcher(senses=senses, prefixes=frozenset(prefixes), base_form=base_form, graph=graph)
+    return ConceptMatcher(senses=senses, prefixes=prefixes, base_form=base_form, graph=graph)
 
 
 # --- tags tables ---------------------------------------------------------------------------------
@@ -319,3 +314,213 @@ def tags_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Rows -> a tags table sorted by (sample_id, source, concept_id) (deterministic bytes)."""
     rows = sorted(rows, key=lambda r: (r["sample_id"], r["source"], r["concept_id"]))
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+# --- mining new concepts from captions -----------------------------------------------------------
+
+# Inflection endings stripped to find a word in WordNet's lexicon ("sailing" -> sail, "festive").
+_ENDINGS = (("ing", ""), ("ing", "e"), ("ed", ""), ("ed", "e"), ("es", ""), ("s", ""), ("ly", ""), ("er", ""))
+
+
+@functools.lru_cache(maxsize=2)
+def load_lexicon(data_dir: str = DATA_DIR) -> frozenset[str]:
+    """Every one-word WordNet lemma of any part of speech (nouns included, pruned or not)."""
+    words = set(pq.read_table(f"{data_dir}/wordnet_words.parquet")["word"].to_pylist())
+    words.update(w for w in pq.read_table(f"{data_dir}/wordnet_lemmas.parquet")["lemma"].to_pylist())
+    return frozenset(words)
+
+
+def is_known_word(word: str, lexicon: frozenset[str]) -> bool:
+    """Whether WordNet knows ``word`` in any part of speech, allowing for regular endings."""
+    if word in lexicon:
+        return True
+    return any(
+        word.endswith(ending) and word[: -len(ending)] + replacement in lexicon
+        for ending, replacement in _ENDINGS
+    )
+
+
+def new_terms(matcher: ConceptMatcher, text: str, lexicon: frozenset[str]) -> set[str]:
+    """Caption words that are tag candidates WordNet lacks entirely ("clipart", "emoji")."""
+    return {t for t in matcher.unmatched_terms(text) if not is_known_word(t, lexicon)}
+
+
+def fold_plural_terms(counts: dict[str, int]) -> dict[str, str]:
+    """term -> the term it counts as: "cliparts" -> "clipart" when both were seen."""
+    return {t: (t[:-1] if t.endswith("s") and t[:-1] in counts else t) for t in counts}
+
+
+# --- tagging a workspace -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """How a workspace is tagged; see the module docstring and README ("Concept graph")."""
+
+    # A caption word WordNet lacks becomes a concept once this many samples use it: rarer words
+    # are mostly typos and names (openclipart: 72 terms pass at 5, among them "clipart",
+    # "filesystem", "roadsign", "stickmen").
+    min_mined_samples: int = 5
+    # Without an embedder a mined term is attached under the concept it co-occurs with most,
+    # provided that concept is in at least this share of the term's samples; otherwise the term
+    # is left out (no parent is better than a wrong one).
+    min_attach_share: float = 0.3
+    # Most mined terms a run adds (the most frequent first), so a noisy dataset cannot flood the graph.
+    max_mined: int = 5000
+
+
+@dataclass
+class TagSummary:
+    """What ``tag_workspace`` did."""
+
+    samples: int = 0  # usable samples read
+    tagged_samples: int = 0  # with at least one tag
+    tags: int = 0  # rows written
+    by_source: dict[str, int] = field(default_factory=dict)
+    mined: list[str] = field(default_factory=list)  # new concepts, as synset names
+    attach_method: str = ""  # embedding | cooccurrence
+    concepts: int = 0  # concepts in the workspace graph
+    seconds: float = 0.0
+
+
+def _shard_texts(ws, shard_id: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """Usable samples' ids and captions of a shard, and their OCR text when an ``ocr`` shard exists."""
+    from engine import schema
+
+    samples = ws.read_shard("samples", shard_id).select(["sample_id", "caption", "status"]).to_pylist()
+    ok = [s for s in samples if s["status"] == schema.STATUS_OK]
+    ocr: dict[str, str] = {}
+    if ws.has_shard("ocr", shard_id):
+        table = ws.read_shard("ocr", shard_id)
+        if "ocr_text" in table.column_names:
+            ocr = {
+                r["sample_id"]: r["ocr_text"]
+                for r in table.select(["sample_id", "ocr_text"]).to_pylist()
+                if r["ocr_text"]
+            }
+    return [s["sample_id"] for s in ok], [s["caption"] for s in ok], ocr
+
+
+def _attach_by_cooccurrence(
+    ws,
+    shards: list[str],
+    matcher: ConceptMatcher,
+    terms: dict[str, int],
+    fold: dict[str, str],
+    config: TagConfig,
+) -> list[tuple[str, int, float]]:
+    """(term, parent concept, share) for each term whose best co-occurring concept is common enough."""
+    lexicon = load_lexicon()
+    together: dict[str, dict[int, int]] = {t: {} for t in terms}
+    for shard_id in shards:
+        _, captions, _ = _shard_texts(ws, shard_id)
+        for caption in captions:
+            present = {fold.get(t, t) for t in new_terms(matcher, caption, lexicon)} & together.keys()
+            if not present:
+                continue
+            concepts = {m.concept_id for m in matcher.match(caption)}
+            for term in present:
+                counter = together[term]
+                for c in concepts:
+                    counter[c] = counter.get(c, 0) + 1
+    attached = []
+    for term in sorted(terms):
+        if together[term]:
+            parent, n = min(together[term].items(), key=lambda kv: (-kv[1], kv[0]))
+            share = n / terms[term]
+            if share >= config.min_attach_share:
+                attached.append((term, parent, share))
+    return attached
+
+
+def _attach_by_embedding(
+    graph: nx.DiGraph, kept: set[int], terms: dict[str, int], embedder
+) -> list[tuple[str, int, float]]:
+    """(term, nearest kept WordNet concept by text-embedding cosine, cosine) for each term."""
+    from engine.concept_index import build_concept_index
+
+    index = build_concept_index(graph, kept, embedder)
+    names = sorted(terms)
+    scores, ids = index.search(embedder.encode_texts(names), 1)
+    return [(t, int(ids[i][0]), float(scores[i][0])) for i, t in enumerate(names) if ids[i][0] >= 0]
+
+
+def tag_workspace(
+    ws,
+    graph_config=None,
+    config: TagConfig | None = None,
+    embedder=None,
+    progress: bool | None = None,
+) -> TagSummary:
+    """Tag every usable sample's caption (and OCR text) with concepts; write ``tags`` and the graph.
+
+    Three passes over the captions, so the result depends only on the data and the configs:
+    count caption words WordNet lacks; attach the frequent ones to the graph (by text-embedding
+    similarity with ``embedder``, else by co-occurrence); tag every shard with the grown graph.
+    Then ``engine.graph.write_workspace_graph`` writes the workspace's concept tables, pruned
+    again with PageRank weighted by the observed counts.
+    """
+    import sys
+    import time
+
+    from tqdm import tqdm
+
+    from engine import schema
+    from engine.graph import GraphConfig, add_mined_concept, load_graph, prune_graph, write_workspace_graph
+
+    started = time.perf_counter()
+    graph_config = graph_config or GraphConfig()
+    config = config or TagConfig()
+    graph = load_graph()
+    pruned = prune_graph(graph, graph_config)
+    kept = set(pruned.kept)
+    matcher = build_matcher(graph, kept)
+    lexicon = load_lexicon()
+    shards = ws.list_shards("samples")
+    show = sys.stderr.isatty() if progress is None else progress
+    summary = TagSummary()
+
+    counts: dict[str, int] = {}
+    for shard_id in tqdm(shards, desc="tag: mine", unit="shard", disable=not show):
+        _, captions, _ = _shard_texts(ws, shard_id)
+        for caption in captions:
+            for term in new_terms(matcher, caption, lexicon):
+                counts[term] = counts.get(term, 0) + 1
+    fold = fold_plural_terms(counts)
+    folded: dict[str, int] = {}
+    for term, n in counts.items():
+        folded[fold[term]] = folded.get(fold[term], 0) + n
+    frequent = sorted(
+        (t for t, n in folded.items() if n >= config.min_mined_samples), key=lambda t: (-folded[t], t)
+    )
+    terms = {t: folded[t] for t in frequent[: config.max_mined]}
+    if terms:
+        if embedder is not None:
+            summary.attach_method = "embedding"
+            attached = _attach_by_embedding(graph, kept, terms, embedder)
+        else:
+            summary.attach_method = "cooccurrence"
+            attached = _attach_by_cooccurrence(ws, shards, matcher, terms, fold, config)
+        for term, parent, score in attached:
+            concept_id = add_mined_concept(graph, term, parent, score, summary.attach_method)
+            kept.add(concept_id)
+            summary.mined.append(graph.nodes[concept_id]["synset"])
+            matcher.add_term(term, concept_id)
+            for variant, base in fold.items():  # the plural spellings seen ("cliparts")
+                if base == term and variant != term:
+                    matcher.add_term(variant, concept_id)
+
+    for shard_id in tqdm(shards, desc="tag", unit="shard", disable=not show):
+        sample_ids, captions, ocr = _shard_texts(ws, shard_id)
+        rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
+        ocr_ids = sorted(ocr)
+        rows += tag_texts(matcher, ocr_ids, [ocr[s] for s in ocr_ids], SOURCE_OCR)
+        ws.write_shard("tags", shard_id, tags_table(rows, schema.TAGS))
+        summary.samples += len(sample_ids)
+        summary.tagged_samples += len({r["sample_id"] for r in rows})
+        summary.tags += len(rows)
+        for r in rows:
+            summary.by_source[r["source"]] = summary.by_source.get(r["source"], 0) + 1
+    summary.concepts = write_workspace_graph(ws, graph, graph_config)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -16,7 +16,8 @@ Synset names follow nltk's convention: the synset's first lemma, lower-cased, ``
 synset's 1-based rank among the lemma's offsets in ``index.noun`` (``christmas_tree.n.05``).
 ``concept_id`` is the synset's byte offset in ``data.noun``, unique among nouns and stable for
 WordNet 3.0. ``scripts/build_wordnet_graph.py`` runs this once; the result is committed under
-``engine/data/`` as ``wordnet_{concepts,edges,lemmas,morph,words}.parquet`` (see ``engine/data/WORDNET_LICENSE`` for WordNet's licence).
+``engine/data/`` as ``wordnet_{concepts,edges,lemmas,morph,words}.parquet`` (WordNet's licence:
+``engine/data/WORDNET_LICENSE``).
 """
 
 from __future__ import annotations
@@ -200,7 +201,9 @@ def _min_depths(parents: dict[int, list[int]], root: int) -> dict[int, int]:
 def read_wordnet(wordnet_dir: str = WORDNET_DIR) -> dict[str, pa.Table]:
     """Read the noun database into concepts, edges, lemmas and morph tables, sorted by id."""
     needed = ["data.noun", "index.noun", "noun.exc", "cntlist.rev"]
-    needed += [f"index.{pos}" for pos in ("verb", "adj", "adv")] + [f"{pos}.exc" for pos in ("verb", "adj", "adv")]
+    needed += [f"index.{pos}" for pos in ("verb", "adj", "adv")] + [
+        f"{pos}.exc" for pos in ("verb", "adj", "adv")
+    ]
     for name in needed:
         if not os.path.exists(os.path.join(wordnet_dir, name)):
             raise FileNotFoundError(
