@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -347,6 +348,103 @@ def reasons() -> None:
         for code, meaning in codes.items():
             view.add_row(code, meaning)
         out.print(view)
+
+
+# --- embedder and safety (issue 3, part A) --------------------------------------------------------
+
+
+@app.command(
+    name="train-embedder",
+    epilog="Example: zcurate train-embedder --output /tmp/heads.safetensors --limit 500",
+)
+def train_embedder_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the heads file.")],
+    epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the head initialisation and batch order.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N openclipart records.")] = None,
+    cache_dir: Annotated[
+        str | None, typer.Option(help="Where tower features are cached (default: $TMPDIR/zcurate-cache).")
+    ] = None,
+) -> None:
+    """Train the default embedder's projection heads on openclipart (towers frozen, LiT-style).
+
+    Caches the frozen towers' features once (minutes), trains the heads with open_clip's ClipLoss
+    (seconds), reports held-out retrieval, and writes a small heads-only safetensors file that
+    'zcurate embed --model FILE' (or load_embedder(FILE)) uses.
+    """
+    from engine.embed_train import TrainConfig, train_embedder
+    from engine.source import SourceError
+
+    if epochs < 1 or (limit is not None and limit < 2):
+        fail("--epochs must be positive and --limit at least 2")
+    show = sys.stderr.isatty()
+    try:
+        from tqdm import tqdm
+
+        with tqdm(desc="tower features", unit="pair", disable=not show) as bar:
+            result = train_embedder(
+                str(output),
+                TrainConfig(epochs=epochs, seed=seed, limit=limit),
+                cache_dir=cache_dir,
+                progress=lambda n: bar.update(n - bar.n),
+            )
+    except (SourceError, ValueError) as e:
+        fail(str(e))
+    out.print(json.dumps(asdict(result), indent=1))
+
+
+def run_stage_command(stage, workspace: str, num_cpus: int | None) -> None:
+    """Run one image stage over the shards of ``workspace`` that lack its table, and summarise."""
+    from engine.workspace import Workspace
+    from pipelines.backfill import run_image_stage
+
+    ws = Workspace(workspace)
+    if not ws.exists("samples"):
+        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    summary = run_image_stage(ws, stage, num_cpus=num_cpus)
+    out.print(
+        f"{summary.stage}: {summary.shards_run} of {summary.shards_total} shards filled, "
+        f"{summary.rows} rows in {summary.table}/ ({summary.changed} skipped: source changed) "
+        f"in {summary.seconds:.1f} s"
+    )
+
+
+@app.command(epilog="Example: zcurate embed --workspace ./ws && zcurate sql 'SELECT clip_score FROM signals'")
+def embed(
+    workspace: WorkspaceOption,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedder spec: default, a heads .safetensors, ARCH@TAG, ARCH@/path/ckpt.pt, local-dir:DIR."
+        ),
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+) -> None:
+    """Embed images and captions of a curated workspace (only shards without embeddings).
+
+    Writes embeddings/ (image and caption vectors, float16, L2-normalised) and adds clip_score
+    (their cosine) to the signals view. The default model works offline.
+    """
+    from engine.embed import EmbedderError, load_embedder
+    from pipelines.stages import EmbedStage
+
+    if model not in (None, "default"):
+        try:
+            load_embedder(model)  # a bad spec fails here, in one line, not inside a Ray actor
+        except EmbedderError as e:
+            fail(str(e))
+    run_stage_command(EmbedStage(model=model), workspace, num_cpus)
+
+
+@app.command(epilog="Example: zcurate safety --workspace ./ws")
+def safety(
+    workspace: WorkspaceOption,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+) -> None:
+    """Score every curated image with Yahoo's open_nsfw (nsfw_score in signals; shards missing it)."""
+    from pipelines.stages import SafetyStage
+
+    run_stage_command(SafetyStage(), workspace, num_cpus)
 
 
 # --- concept graph and tagging (engine/graph.py, engine/tagging.py) ------------------------------

@@ -149,3 +149,37 @@ TABLES: dict[str, pa.Schema] = {
 # one row of signals per sample whichever stage produced them (table name -> columns). Each image
 # stage writes its own table (a rerun of one stage never rewrites another's files).
 SIGNAL_COLUMNS: dict[str, tuple[str, ...]] = {}
+
+# --- embeddings and safety: the Cross-modal Vector Engine's vectors and the NSFW score -----------
+
+EMBED_DIM = 256  # the embedded default embedder (engine/embed.py); another model's width needs its own
+
+
+def embeddings_schema(dim: int = EMBED_DIM) -> pa.Schema:
+    """The ``embeddings`` table for vectors of width ``dim`` (one row per usable pair)."""
+    return pa.schema(
+        [
+            ("sample_id", pa.string()),
+            ("image_id", pa.string()),
+            ("model_id", pa.string()),  # engine.embed.Embedder.model_id: architecture@weights#sha256
+            ("image_vec", pa.list_(pa.float16(), dim)),  # L2-normalised; null if the image failed
+            ("text_vec", pa.list_(pa.float16(), dim)),  # L2-normalised caption vector
+            ("clip_score", pa.float32()),  # cosine(image, caption) in float32, before the cast
+        ]
+    )
+
+
+EMBEDDINGS = embeddings_schema()
+
+SAFETY = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_id", pa.string()),
+        ("nsfw_score", pa.float32()),  # open_nsfw P(nsfw) in [0, 1]; null if the image failed
+    ]
+)
+
+TABLES["embeddings"] = EMBEDDINGS
+TABLES["safety"] = SAFETY
+SIGNAL_COLUMNS["embeddings"] = ("clip_score",)
+SIGNAL_COLUMNS["safety"] = ("nsfw_score",)

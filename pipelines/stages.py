@@ -128,3 +128,82 @@ def build_image_stages(names: list[str]) -> list[ImageStage]:
         known = ", ".join(sorted(IMAGE_STAGES)) or "none"
         raise ValueError(f"unknown stage {unknown[0]!r} (image stages: {known})")
     return [IMAGE_STAGES[name]() for name in names]
+
+
+# --- embed and safety (issue 3): thin wrappers over engine.embed and engine.safety ---------------
+
+
+@dataclass
+class EmbedStage:
+    """Usable sample -> ``embeddings`` row: image and caption vectors and their cosine (clip_score).
+
+    ``model`` is an ``engine.embed.load_embedder`` spec (None: the embedded default).
+    """
+
+    model: str | None = None
+    batch_size: int = 32  # images per forward (engine.embed.IMAGE_BATCH)
+    name: str = "embed"
+    table: str = "embeddings"
+    schema: pa.Schema = schema.EMBEDDINGS
+    num_cpus: float = 1
+    num_gpus: float = 0
+    reads: tuple[str, ...] = ("decoded image", "caption")
+    writes: tuple[str, ...] = ("model_id", "image_vec", "text_vec", "clip_score")
+    _embedder: object = field(default=None, repr=False)
+    _shard: object = field(default=None, repr=False)
+
+    def setup(self) -> None:
+        from engine.embed import load_embedder
+
+        self._embedder = load_embedder(self.model)
+        if self._embedder.embed_dim != schema.EMBED_DIM:
+            raise ValueError(
+                f"the embeddings table holds {schema.EMBED_DIM}-d vectors; {self.model} gives "
+                f"{self._embedder.embed_dim}-d (use the embedder directly, or a {schema.EMBED_DIM}-d model)"
+            )
+
+    def begin_shard(self) -> None:
+        from engine.embed import ShardEmbedder
+
+        self._shard = ShardEmbedder(self._embedder, self.batch_size)
+
+    def add(self, item: StageItem) -> None:
+        self._shard.add(item.sample_id, item.image_id, item.caption, item.image)
+
+    def finish_shard(self) -> pa.Table:
+        return self._shard.finish()
+
+
+@dataclass
+class SafetyStage:
+    """Usable sample -> ``safety`` row: open_nsfw's P(nsfw), once per image."""
+
+    name: str = "safety"
+    table: str = "safety"
+    schema: pa.Schema = schema.SAFETY
+    num_cpus: float = 1
+    num_gpus: float = 0
+    reads: tuple[str, ...] = ("decoded image",)
+    writes: tuple[str, ...] = ("nsfw_score",)
+    _model: object = field(default=None, repr=False)
+    _shard: object = field(default=None, repr=False)
+
+    def setup(self) -> None:
+        from engine.safety import load_nsfw_model
+
+        self._model = load_nsfw_model(threads=1)  # one actor per CPU: one thread each
+
+    def begin_shard(self) -> None:
+        from engine.safety import ShardSafety
+
+        self._shard = ShardSafety(self._model)
+
+    def add(self, item: StageItem) -> None:
+        self._shard.add(item.sample_id, item.image_id, item.image)
+
+    def finish_shard(self) -> pa.Table:
+        return self._shard.finish()
+
+
+IMAGE_STAGES["embed"] = EmbedStage
+IMAGE_STAGES["safety"] = SafetyStage

