@@ -37,7 +37,9 @@ import unicodedata
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.graph import DATA_DIR, load_morph_exceptions, taxonomy_parents
@@ -367,6 +369,14 @@ class TagConfig:
     min_attach_share: float = 0.3
     # Most mined terms a run adds (the most frequent first), so a noisy dataset cannot flood the graph.
     max_mined: int = 5000
+    # Embedding attachment looks no higher than this depth: above it sit "whole", "object",
+    # "artifact", which are near everything and say nothing.
+    min_attach_depth: int = 4
+    # CLIP zero-shot: candidates per image before the calibrated threshold (module docstring of
+    # engine.concept_index); 5 covers an object, its scene and a colour or two.
+    clip_top_k: int = 5
+    clip: bool = True  # run zero-shot tagging when the workspace has embeddings from this embedder
+    embedder: str | None = None  # engine.embed.load_embedder spec (None: the embedded default)
 
 
 @dataclass
@@ -379,6 +389,10 @@ class TagSummary:
     by_source: dict[str, int] = field(default_factory=dict)
     mined: list[str] = field(default_factory=list)  # new concepts, as synset names
     attach_method: str = ""  # embedding | cooccurrence
+    clip_skipped: str = ""  # why zero-shot tagging did not run ("" when it ran)
+    clip_threshold: float | None = None  # calibrated cosine threshold for clip tags
+    clip_precision: float | None = None  # share of clip tags the text tags confirm (at the threshold)
+    clip_recall: float | None = None  # share of confirmed candidates kept
     concepts: int = 0  # concepts in the workspace graph
     seconds: float = 0.0
 
@@ -401,15 +415,10 @@ def _shard_texts(ws, shard_id: str) -> tuple[list[str], list[str], dict[str, str
     return [s["sample_id"] for s in ok], [s["caption"] for s in ok], ocr
 
 
-def _attach_by_cooccurrence(
-    ws,
-    shards: list[str],
-    matcher: ConceptMatcher,
-    terms: dict[str, int],
-    fold: dict[str, str],
-    config: TagConfig,
-) -> list[tuple[str, int, float]]:
-    """(term, parent concept, share) for each term whose best co-occurring concept is common enough."""
+def _cooccurrence(
+    ws, shards: list[str], matcher: ConceptMatcher, terms: dict[str, int], fold: dict[str, str]
+) -> dict[str, dict[int, int]]:
+    """term -> {concept: samples where both appear} over every caption."""
     lexicon = load_lexicon()
     together: dict[str, dict[int, int]] = {t: {} for t in terms}
     for shard_id in shards:
@@ -423,6 +432,13 @@ def _attach_by_cooccurrence(
                 counter = together[term]
                 for c in concepts:
                     counter[c] = counter.get(c, 0) + 1
+    return together
+
+
+def _attach_by_cooccurrence(
+    terms: dict[str, int], together: dict[str, dict[int, int]], config: TagConfig
+) -> list[tuple[str, int, float]]:
+    """(term, parent, share): the concept in the most of the term's samples, if common enough."""
     attached = []
     for term in sorted(terms):
         if together[term]:
@@ -434,31 +450,131 @@ def _attach_by_cooccurrence(
 
 
 def _attach_by_embedding(
-    graph: nx.DiGraph, kept: set[int], terms: dict[str, int], embedder
+    ws,
+    graph: nx.DiGraph,
+    terms: dict[str, int],
+    together: dict[str, dict[int, int]],
+    embedder,
+    config: TagConfig,
 ) -> list[tuple[str, int, float]]:
-    """(term, nearest kept WordNet concept by text-embedding cosine, cosine) for each term."""
+    """(term, parent, cosine): the WordNet concept whose text embedding is nearest the term's,
+    among the concepts in at least ``min_attach_share`` of its samples and their ancestors down
+    to ``min_attach_depth`` (a CPU can embed those, not all 43k concepts, for every run)."""
     from engine.concept_index import build_concept_index
+    from engine.graph import ancestor_distances
 
-    index = build_concept_index(graph, kept, embedder)
-    names = sorted(terms)
-    scores, ids = index.search(embedder.encode_texts(names), 1)
-    return [(t, int(ids[i][0]), float(scores[i][0])) for i, t in enumerate(names) if ids[i][0] >= 0]
+    candidates: dict[str, set[int]] = {}
+    for term in sorted(terms):
+        common = [c for c, n in together[term].items() if n / terms[term] >= config.min_attach_share]
+        up = ancestor_distances(graph, common) if common else {}
+        candidates[term] = {
+            a
+            for c in common
+            for a in up[c]
+            if (graph.nodes[a].get("depth") or 0) >= config.min_attach_depth
+            and graph.nodes[a].get("source") != "caption"
+        }
+    pool = sorted(set().union(*candidates.values())) if candidates else []
+    if not pool:
+        return []
+    index = build_concept_index(graph, pool, embedder, ws)
+    row_of = {c: i for i, c in enumerate(index.concept_ids.tolist())}
+    concept_vecs = index.index.reconstruct_n(0, len(pool))
+    names = sorted(t for t in terms if candidates[t])
+    term_vecs = embedder.encode_texts(names)
+    attached = []
+    for term, vec in zip(names, term_vecs, strict=True):
+        options = sorted(candidates[term])
+        sims = concept_vecs[[row_of[c] for c in options]] @ vec
+        best = int(np.argmax(sims))  # first of equals: the smallest concept id
+        attached.append((term, options[best], float(sims[best])))
+    return attached
+
+
+def _load_clip(ws, embedder_spec: str | None) -> tuple[object | None, str]:
+    """The embedder that made the workspace's ``embeddings``, or None and why zero-shot is off."""
+    shards = ws.list_shards("embeddings")
+    if not shards:
+        return None, "no embeddings table (run 'zcurate embed' first)"
+    try:
+        from engine.embed import load_embedder
+    except ImportError as e:  # torch/open_clip come with the [all] extra
+        return None, f"the embedder cannot be imported: {e}"
+    model_ids = ws.read_shard("embeddings", shards[0]).column("model_id").drop_null()
+    made_by = model_ids[0].as_py() if len(model_ids) else None
+    try:
+        embedder = load_embedder(embedder_spec)
+    except Exception as e:  # a bad spec or missing weights: tag without CLIP, say why
+        return None, f"embedder {embedder_spec or 'default'}: {e}"
+    if made_by != embedder.model_id:
+        return None, f"embeddings were made by {made_by}, the embedder is {embedder.model_id}"
+    return embedder, ""
+
+
+def _clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summary) -> None:
+    """Zero-shot ``clip`` tags for every sample with an image vector (``engine.concept_index``)."""
+    from engine import schema
+    from engine.concept_index import build_concept_index, calibrate_threshold
+    from engine.embed import vectors
+    from engine.graph import ancestor_distances
+
+    index = build_concept_index(graph, vocabulary, embedder, ws)
+    ancestors = ancestor_distances(graph)
+    per_shard = {}
+    all_scores, all_confirmed = [], []
+    for shard_id in shards:
+        if not ws.has_shard("embeddings", shard_id):
+            continue
+        table = ws.read_shard("embeddings", shard_id).select(["sample_id", "image_vec"])
+        table = table.filter(pc.is_valid(table["image_vec"]))
+        if table.num_rows == 0:
+            continue
+        scores, ids = index.search(vectors(table["image_vec"]), config.clip_top_k)
+        text_tags: dict[str, set[int]] = {}
+        for row in ws.read_shard("tags", shard_id).select(["sample_id", "concept_id"]).to_pylist():
+            text_tags.setdefault(row["sample_id"], set()).add(row["concept_id"])
+        known = {s: set().union(*(ancestors.get(c, {c: 0}) for c in cs)) for s, cs in text_tags.items()}
+        candidates = []
+        for i, sample_id in enumerate(table["sample_id"].to_pylist()):
+            mine, up = text_tags.get(sample_id, set()), known.get(sample_id, set())
+            for score, c in zip(scores[i].tolist(), ids[i].tolist(), strict=True):
+                if c < 0:
+                    continue
+                confirmed = c in up or not mine.isdisjoint(ancestors.get(c, {}))
+                candidates.append((sample_id, c, score))
+                all_scores.append(score)
+                all_confirmed.append(confirmed)
+        per_shard[shard_id] = candidates
+    threshold, precision, recall = calibrate_threshold(np.array(all_scores), np.array(all_confirmed, bool))
+    summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
+    for shard_id, candidates in per_shard.items():
+        rows = [
+            {"sample_id": s, "concept_id": c, "source": SOURCE_CLIP, "score": score, "hits": 1, "span": None}
+            for s, c, score in candidates
+            if score >= threshold
+        ]
+        if rows:
+            existing = ws.read_shard("tags", shard_id).to_pylist()
+            ws.write_shard("tags", shard_id, tags_table(existing + rows, schema.TAGS))
+            summary.tags += len(rows)
+            summary.by_source[SOURCE_CLIP] = summary.by_source.get(SOURCE_CLIP, 0) + len(rows)
 
 
 def tag_workspace(
     ws,
     graph_config=None,
     config: TagConfig | None = None,
-    embedder=None,
     progress: bool | None = None,
 ) -> TagSummary:
     """Tag every usable sample's caption (and OCR text) with concepts; write ``tags`` and the graph.
 
     Three passes over the captions, so the result depends only on the data and the configs:
     count caption words WordNet lacks; attach the frequent ones to the graph (by text-embedding
-    similarity with ``embedder``, else by co-occurrence); tag every shard with the grown graph.
-    Then ``engine.graph.write_workspace_graph`` writes the workspace's concept tables, pruned
-    again with PageRank weighted by the observed counts.
+    similarity when the workspace has embeddings from ``config.embedder``, else by
+    co-occurrence); tag every shard with the grown graph. With embeddings, images then get CLIP
+    zero-shot tags over the concepts the text tags use (``engine.concept_index``). Last,
+    ``engine.graph.write_workspace_graph`` writes the workspace's concept tables, pruned again
+    with PageRank weighted by the observed counts.
     """
     import sys
     import time
@@ -494,13 +610,15 @@ def tag_workspace(
         (t for t, n in folded.items() if n >= config.min_mined_samples), key=lambda t: (-folded[t], t)
     )
     terms = {t: folded[t] for t in frequent[: config.max_mined]}
+    embedder, summary.clip_skipped = _load_clip(ws, config.embedder) if config.clip else (None, "off")
     if terms:
+        together = _cooccurrence(ws, shards, matcher, terms, fold)
         if embedder is not None:
             summary.attach_method = "embedding"
-            attached = _attach_by_embedding(graph, kept, terms, embedder)
+            attached = _attach_by_embedding(ws, graph, terms, together, embedder, config)
         else:
             summary.attach_method = "cooccurrence"
-            attached = _attach_by_cooccurrence(ws, shards, matcher, terms, fold, config)
+            attached = _attach_by_cooccurrence(terms, together, config)
         for term, parent, score in attached:
             concept_id = add_mined_concept(graph, term, parent, score, summary.attach_method)
             kept.add(concept_id)
@@ -510,17 +628,21 @@ def tag_workspace(
                 if base == term and variant != term:
                     matcher.add_term(variant, concept_id)
 
+    vocabulary: set[int] = set()  # concepts the text tags use: the zero-shot label set
     for shard_id in tqdm(shards, desc="tag", unit="shard", disable=not show):
         sample_ids, captions, ocr = _shard_texts(ws, shard_id)
         rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
         ocr_ids = sorted(ocr)
         rows += tag_texts(matcher, ocr_ids, [ocr[s] for s in ocr_ids], SOURCE_OCR)
         ws.write_shard("tags", shard_id, tags_table(rows, schema.TAGS))
+        vocabulary.update(r["concept_id"] for r in rows)
         summary.samples += len(sample_ids)
         summary.tagged_samples += len({r["sample_id"] for r in rows})
         summary.tags += len(rows)
         for r in rows:
             summary.by_source[r["source"]] = summary.by_source.get(r["source"], 0) + 1
+    if embedder is not None:
+        _clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
     summary.concepts = write_workspace_graph(ws, graph, graph_config)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -218,13 +218,19 @@ def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) 
     )
 
 
-def run_tagging(ws: Workspace, progress: bool | None) -> TagSummary | None:
-    """Tag the workspace unless its tags are up to date or the graph extra is not installed."""
+def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[ImageStage]) -> TagSummary | None:
+    """Tag the workspace unless its tags are up to date or the graph extra is not installed.
+
+    CLIP zero-shot tags use the embed stage's model, so they match the stored image vectors.
+    """
     try:
-        from engine.tagging import tag_workspace, tags_up_to_date
+        from engine.tagging import TagConfig, tag_workspace, tags_up_to_date
     except ImportError:  # networkx comes with the [all] extra; a core install curates without tags
         return None
-    return None if tags_up_to_date(ws) else tag_workspace(ws, progress=progress)
+    if tags_up_to_date(ws):
+        return None
+    model = next((getattr(s, "model", None) for s in image_stages if s.name == "embed"), None)
+    return tag_workspace(ws, config=TagConfig(embedder=model), progress=progress)
 
 
 def run_curate(
@@ -283,6 +289,6 @@ def run_curate(
         summary.work_span_s = max(f["finished"] for f in finished) - min(f["started"] for f in finished)
         summary.shard_busy_s = sum(f["finished"] - f["started"] for f in finished)
     if tag:  # a global step: the graph grows with all the captions
-        summary.tagging = run_tagging(ws, progress)
+        summary.tagging = run_tagging(ws, progress, list(image_stages))
     summary.catalog = refresh_catalog(ws)
     return summary
