@@ -472,6 +472,12 @@ def tag(
     min_mined: Annotated[
         int, typer.Option(help="Samples a caption word WordNet lacks needs to become a concept.")
     ] = 5,
+    clip: Annotated[
+        bool, typer.Option(help="CLIP zero-shot tags from the embeddings table (when it exists).")
+    ] = True,
+    embedder: Annotated[
+        str | None, typer.Option(help="The embedder spec that made the embeddings (as for 'zcurate embed').")
+    ] = None,
 ) -> None:
     """Tag every usable sample with concepts (caption and OCR text) and rebuild the workspace graph.
 
@@ -488,7 +494,7 @@ def tag(
         fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
     if min_mined < 1:
         fail("--min-mined must be positive")
-    summary = tag_workspace(ws, config=TagConfig(min_mined_samples=min_mined))
+    summary = tag_workspace(ws, config=TagConfig(min_mined_samples=min_mined, clip=clip, embedder=embedder))
     refresh_catalog(ws)
     out.print(
         f"tagged {summary.tagged_samples} of {summary.samples} samples: {summary.tags} tags "
@@ -496,6 +502,13 @@ def tag(
         f"graph {summary.concepts} concepts, {len(summary.mined)} mined from captions "
         f"({summary.attach_method or 'none'}); {summary.seconds:.1f} s"
     )
+    if summary.clip_skipped:
+        out.print(f"clip zero-shot: not run ({summary.clip_skipped})")
+    else:
+        out.print(
+            f"clip zero-shot: threshold {summary.clip_threshold:.3f} (calibrated: precision "
+            f"{summary.clip_precision:.2f}, recall {summary.clip_recall:.2f} against the text tags)"
+        )
 
 
 @graph_app.command("build", epilog="Example: zcurate graph build --workspace ./ws")

@@ -9,10 +9,11 @@ over L2-normalised vectors, so scores are cosines.
 
 Zero-shot tagging (``zero_shot_candidates`` then ``calibrate_threshold``): each image's top-k
 concepts by cosine are candidates; a candidate counts as confirmed when the sample's caption or
-OCR tags contain it, an ancestor of it or a descendant of it. The threshold is the score that
-maximises F1 of "score >= t" against "confirmed" over all candidates, so it is calibrated on the
-workspace's own data and reported with its precision and recall; candidates at or above it
-become ``clip`` tags (whether confirmed or not: the point is to add what captions left out).
+OCR tags contain it, an ancestor of it or a descendant of it. The threshold is the lowest score
+at which the candidates above it are confirmed at least ``TagConfig.clip_min_precision`` of the
+time, so it is calibrated on the workspace's own data and reported with its precision and
+recall; candidates at or above it become ``clip`` tags (confirmed or not: the point is to add
+what captions left out).
 """
 
 from __future__ import annotations
@@ -92,23 +93,27 @@ def build_concept_index(graph, concept_ids, embedder, ws=None) -> ConceptIndex:
     return ConceptIndex(concept_ids=ids, index=index, model_id=embedder.model_id)
 
 
-def calibrate_threshold(scores: np.ndarray, confirmed: np.ndarray) -> tuple[float, float, float]:
-    """(threshold, precision, recall) maximising F1 of ``scores >= t`` against ``confirmed``.
+def calibrate_threshold(
+    scores: np.ndarray, confirmed: np.ndarray, min_precision: float
+) -> tuple[float, float, float]:
+    """(threshold, precision, recall): the lowest score t at which the candidates scoring >= t
+    are confirmed at least ``min_precision`` of the time (so as many tags as that precision
+    allows). No such t, or nothing confirmed: (inf, 0, 0), i.e. no clip tags.
 
-    Ties are broken towards the higher threshold (fewer, surer tags). With no confirmed
-    candidate there is nothing to calibrate on: returns (inf, 0, 0), i.e. no clip tags.
+    The precision is measured against text tags, which miss things the image shows, so it is a
+    lower bound of the real one.
     """
     total = int(confirmed.sum())
     if total == 0 or len(scores) == 0:
         return float("inf"), 0.0, 0.0
     order = np.argsort(-scores, kind="stable")
-    hits = np.cumsum(confirmed[order])
-    taken = np.arange(1, len(scores) + 1)
-    precision, recall = hits / taken, hits / total
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     sorted_scores = scores[order]
+    hits = np.cumsum(confirmed[order])
+    precision = hits / np.arange(1, len(scores) + 1)
     # only cut where the score changes, so every candidate at the threshold is in
     last_of_value = np.append(sorted_scores[1:] != sorted_scores[:-1], True)
-    f1 = np.where(last_of_value, f1, -1.0)
-    best = int(np.argmax(f1))
-    return float(sorted_scores[best]), float(precision[best]), float(recall[best])
+    ok = np.flatnonzero(last_of_value & (precision >= min_precision))
+    if len(ok) == 0:
+        return float("inf"), 0.0, 0.0
+    best = int(ok[-1])
+    return float(sorted_scores[best]), float(precision[best]), float(hits[best] / total)

@@ -375,6 +375,10 @@ class TagConfig:
     # CLIP zero-shot: candidates per image before the calibrated threshold (module docstring of
     # engine.concept_index); 5 covers an object, its scene and a colour or two.
     clip_top_k: int = 5
+    # The calibrated threshold is the lowest cosine whose candidates the text tags confirm at
+    # least this often; 0.5 = at least every second clip tag agrees with the caption's own
+    # concepts (a lower bound: captions leave things out).
+    clip_min_precision: float = 0.5
     clip: bool = True  # run zero-shot tagging when the workspace has embeddings from this embedder
     embedder: str | None = None  # engine.embed.load_embedder spec (None: the embedded default)
 
@@ -545,7 +549,9 @@ def _clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summa
                 all_scores.append(score)
                 all_confirmed.append(confirmed)
         per_shard[shard_id] = candidates
-    threshold, precision, recall = calibrate_threshold(np.array(all_scores), np.array(all_confirmed, bool))
+    threshold, precision, recall = calibrate_threshold(
+        np.array(all_scores), np.array(all_confirmed, bool), config.clip_min_precision
+    )
     summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
     for shard_id, candidates in per_shard.items():
         rows = [
