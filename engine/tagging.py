@@ -60,13 +60,24 @@ STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 _APOSTROPHE_S = re.compile(r"['’]s\b")
 _TOKEN = re.compile(r"[^\W_]+")
+_ASCII_TOKEN = re.compile(r"[a-z0-9]+")  # the same tokens as _TOKEN on lower-case ASCII text
 
 
 def normalize_tokens(text: str) -> list[str]:
     """Text -> lower-case tokens, the same way for captions and lemmas (module docstring)."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = _APOSTROPHE_S.sub("", text).replace("'", "").replace("’", "")
-    return _TOKEN.findall(text)
+    ascii_only = text.isascii()
+    if not ascii_only:  # NFKC changes nothing in ASCII text; skipping it is the common fast path
+        text = unicodedata.normalize("NFKC", text)
+    text = text.lower()
+    if "'" in text or "’" in text:
+        text = _APOSTROPHE_S.sub("", text).replace("'", "").replace("’", "")
+    return (_ASCII_TOKEN if ascii_only else _TOKEN).findall(text)
+
+
+@functools.lru_cache(maxsize=256)
+def _prior_share(n: int) -> float:
+    """The first sense's share of the priors 1/1 + 1/2 + ... + 1/n (its score with no context)."""
+    return 1.0 / sum(1.0 / rank for rank in range(1, n + 1))
 
 
 def plural_forms(word: str, irregular: dict[str, list[str]]) -> list[str]:
@@ -144,10 +155,10 @@ class ConceptMatcher:
             if context is None:
                 context = {self.base_form.get(t, t) for t in tokens if t not in STOPWORDS}
             if context.isdisjoint(self.any_signature(key)):  # fast path: the frequency prior decides
-                scores = self._priors(len(candidates))
-            else:
-                words = context.difference(self.base_form.get(t, t) for t in tokens[start:end])
-                scores = [len(words & self.signature(c)) + 1.0 / rank for rank, c in enumerate(candidates, 1)]
+                out.append(Match(candidates[0], start, end, key, _prior_share(len(candidates))))
+                continue
+            words = context.difference(self.base_form.get(t, t) for t in tokens[start:end])
+            scores = [len(words & self.signature(c)) + 1.0 / rank for rank, c in enumerate(candidates, 1)]
             best = max(range(len(candidates)), key=scores.__getitem__)  # first of equals: best prior
             out.append(Match(candidates[best], start, end, key, scores[best] / sum(scores)))
         return out
@@ -173,11 +184,6 @@ class ConceptMatcher:
             union = union.difference(self.base_form.get(t, t) for t in key.split(" "))
             self._any_signature[key] = union
         return union
-
-    @staticmethod
-    @functools.lru_cache(maxsize=256)
-    def _priors(n: int) -> list[float]:
-        return [1.0 / rank for rank in range(1, n + 1)]
 
     def signature(self, concept_id: int) -> frozenset[str]:
         """Words that describe a concept: its gloss and examples, its and its parents' lemmas."""

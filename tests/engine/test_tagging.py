@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from engine import schema
 from engine.catalog import refresh_catalog, run_sql
+from engine.concept_index import calibrate_threshold
 from engine.graph import (
     GraphConfig,
     ancestor_distances,
@@ -284,3 +286,35 @@ def test_tagging_is_deterministic(tagged, tmp_path):
 
     first = files(ws.root)
     assert first == files(other.root) and len(first) > 3
+
+
+def test_calibrated_threshold_reaches_the_target_precision():
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.5, 0.4])
+    confirmed = np.array([True, True, False, True, False, False, True])
+    # precision of "score >= t": 0.9 -> 1, 0.8 -> 2/3, 0.7 -> 3/4, 0.6 -> 3/5, 0.5 -> 1/2, 0.4 -> 4/7
+    assert calibrate_threshold(scores, confirmed, 0.75) == (0.7, 0.75, 0.75)
+    assert calibrate_threshold(scores, confirmed, 0.5) == (0.4, 4 / 7, 1.0)
+    assert calibrate_threshold(scores, confirmed, 1.0) == (0.9, 1.0, 0.25)
+    assert calibrate_threshold(scores, np.zeros(7, bool), 0.5) == (float("inf"), 0.0, 0.0)
+
+
+def test_graph_commands_on_a_tagged_workspace(tagged, tmp_path):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    ws, _ = tagged
+    runner = CliRunner()
+    shown = runner.invoke(app, ["graph", "show", "lorikeet.n.01", "-w", ws.root], terminal_width=200)
+    assert shown.exit_code == 0 and "lory.n.01" in shown.output and "rainbow_lorikeet.n.01" in shown.output
+    listed = runner.invoke(app, ["graph", "samples", "parrot.n.01", "-w", ws.root, "--format", "csv"])
+    assert listed.exit_code == 0 and "A rainbow lorikeet." in listed.output
+    missing = runner.invoke(app, ["graph", "show", "no_such.n.01", "-w", ws.root])
+    assert missing.exit_code == 2 and "not in this workspace's graph" in missing.output
+    prior = tmp_path / "prior.json"
+    prior.write_text('{"bird.n.01": 1, "cat.n.01": 1}')
+    gaps = runner.invoke(app, ["graph", "gaps", "-w", ws.root, "--prior", str(prior), "--format", "json"])
+    assert gaps.exit_code == 0 and '"synset": "bird.n.01"' in gaps.output
+    prior.write_text("[1, 2]")
+    bad = runner.invoke(app, ["graph", "gaps", "-w", ws.root, "--prior", str(prior)])
+    assert bad.exit_code == 2 and "--prior" in bad.output
