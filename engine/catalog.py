@@ -94,7 +94,16 @@ def _table_relation(con: duckdb.DuckDBPyConnection, ws: Workspace, name: str) ->
     if ws.list_shards(name):
         return f"read_parquet({_quote(ws.local_uri(name, '*.parquet'))}, union_by_name = true)"
     # No shards yet: an empty table with the right columns, so queries still run.
-    con.register("empty_arrow", schema.TABLES[name].empty_table())
+    # DuckDB cannot scan Arrow float16 (the embeddings vectors): an empty table reads them as float32.
+    empty = pa.schema(
+        [
+            f.with_type(pa.list_(pa.float32(), f.type.list_size))
+            if pa.types.is_fixed_size_list(f.type) and pa.types.is_float16(f.type.value_type)
+            else f
+            for f in schema.TABLES[name]
+        ]
+    ).empty_table()
+    con.register("empty_arrow", empty)
     con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM empty_arrow")
     con.unregister("empty_arrow")
     return f"_empty_{name}"

@@ -661,13 +661,13 @@ def tag_workspace(
 
 
 def tags_up_to_date(ws) -> bool:
-    """Whether ``tags`` and the graph are newer than every ``samples`` (and ``ocr``) shard, so a
-    rerun of a finished curate job can skip tagging."""
+    """Whether ``tags`` and the graph are newer than every ``samples``, ``ocr`` and ``embeddings``
+    shard, so a rerun of a finished curate job can skip tagging."""
     from engine import schema
 
     samples = ws.list_shards("samples")
     if not samples or set(ws.list_shards("tags")) != set(samples) or not ws.list_shards("concepts"):
         return False
-    inputs = ws.shard_files("samples") + ws.shard_files("ocr")
+    inputs = ws.shard_files("samples") + ws.shard_files("ocr") + ws.shard_files("embeddings")
     infos = ws.fs.get_file_info([*inputs, ws.path("concepts", f"{schema.GRAPH_SHARD}.parquet")])
     return max(i.mtime for i in infos[:-1]) <= infos[-1].mtime

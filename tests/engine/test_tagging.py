@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -305,8 +306,11 @@ def test_graph_commands_on_a_tagged_workspace(tagged, tmp_path):
 
     ws, _ = tagged
     runner = CliRunner()
-    shown = runner.invoke(app, ["graph", "show", "lorikeet.n.01", "-w", ws.root], terminal_width=200)
-    assert shown.exit_code == 0 and "lory.n.01" in shown.output and "rainbow_lorikeet.n.01" in shown.output
+    shown = runner.invoke(app, ["graph", "show", "lorikeet.n.01", "-w", ws.root, "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    around = json.loads(shown.output)
+    assert [p["synset"] for p in around["parents"]] == ["lory.n.01"]
+    assert runner.invoke(app, ["graph", "show", "lorikeet.n.01", "-w", ws.root]).exit_code == 0
     listed = runner.invoke(app, ["graph", "samples", "parrot.n.01", "-w", ws.root, "--format", "csv"])
     assert listed.exit_code == 0 and "A rainbow lorikeet." in listed.output
     missing = runner.invoke(app, ["graph", "show", "no_such.n.01", "-w", ws.root])
