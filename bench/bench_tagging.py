@@ -55,6 +55,28 @@ def tag_slice(bounds: tuple[int, int]) -> tuple[int, float]:
     return found, time.perf_counter() - began
 
 
+def spin(_: int) -> float:
+    """A fixed amount of pure-Python work; returns its seconds."""
+    began = time.perf_counter()
+    total = 0
+    for i in range(3_000_000):
+        total += i * i % 7
+    return time.perf_counter() - began
+
+
+def machine_ceiling(workers: int) -> float:
+    """How much faster ``workers`` processes finish the same per-process work than one (best of 3):
+    what the shared machine allows right now."""
+    one = min(spin(0) for _ in range(3))
+    many = []
+    for _ in range(3):
+        began = time.perf_counter()
+        with mp.get_context("fork").Pool(workers) as pool:
+            pool.map(spin, range(workers))
+        many.append(time.perf_counter() - began)
+    return workers * one / min(many)
+
+
 def main() -> int:
     global _MATCHER, _CAPTIONS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,6 +159,9 @@ def main() -> int:
         tags_per_caption=tags / args.n,
         load_end=os.getloadavg(),
     )
+    ceiling = machine_ceiling(args.workers)
+    results["machine_ceiling"] = ceiling
+    print(f"machine ceiling now: {args.workers} pure-Python processes do {ceiling:.2f}x the work of one")
     print(f"load average at end {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -155,6 +155,10 @@ def print_summary(summary) -> None:
             for key, n in values.items():
                 view.add_row(key, str(n))
             out.print(view)
+    if summary.tagging:  # the concept tagging step (engine/tagging.py)
+        t = summary.tagging
+        sources = ", ".join(f"{k} {v}" for k, v in sorted(t.by_source.items())) or "none"
+        out.print(f"tags: {t.tags} ({sources}) on {t.tagged_samples} samples; {len(t.mined)} concepts mined")
     out.print(f"workspace: {summary.workspace}")
     if summary.catalog:
         out.print(f"catalog:   {summary.catalog}  (try: duckdb {summary.catalog})")
