@@ -90,9 +90,59 @@ SIGNALS = pa.schema(
     ]
 )
 
+# --- the concept graph and tags (engine/graph.py, engine/tagging.py) -----------------------------
+
+# The workspace's graph: the pruned WordNet base plus concepts mined from its captions. One file
+# per table (shard id "graph"), rewritten by `zcurate tag` / `zcurate graph build`.
+CONCEPTS = pa.schema(
+    [
+        ("concept_id", pa.int64()),  # WordNet: the synset's offset in data.noun; mined: >= 2**40
+        ("synset", pa.string()),  # nltk-style name, e.g. lorikeet.n.01; mined terms: clipart.x.01
+        ("lemmas", pa.list_(pa.string())),  # WordNet lemma names (underscores for spaces)
+        ("gloss", pa.string()),  # WordNet's definition; for mined terms, how they were attached
+        ("depth", pa.int16()),  # fewest is_a/instance_of steps up to entity.n.01
+        ("source", pa.string()),  # wordnet | caption (mined from this workspace's captions)
+        ("lexname", pa.string()),  # WordNet lexicographer file, e.g. noun.animal
+        ("pagerank", pa.float32()),  # N * PageRank, co-occurrence weighted (1.0 = uniform)
+    ]
+)
+
+CONCEPT_EDGES = pa.schema(
+    [
+        ("parent_id", pa.int64()),
+        ("child_id", pa.int64()),
+        ("kind", pa.string()),  # is_a | instance_of | part_of
+    ]
+)
+
+CONCEPT_ANCESTORS = pa.schema(
+    [
+        ("concept_id", pa.int64()),
+        ("ancestor_id", pa.int64()),  # via is_a/instance_of; the concept itself at distance 0
+        ("distance", pa.int16()),  # fewest steps
+    ]
+)
+
+TAGS = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("concept_id", pa.int64()),
+        ("source", pa.string()),  # caption | ocr | clip
+        ("score", pa.float32()),  # text: share of the sense scores (1.0 unambiguous); clip: cosine
+        ("hits", pa.int16()),  # times the concept matched in that text (1 for clip)
+        ("span", pa.string()),  # the matched words (normalised); null for clip
+    ]
+)
+
+GRAPH_SHARD = "graph"  # the shard id of the single file of each graph table
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "signals": SIGNALS,
+    "concepts": CONCEPTS,
+    "concept_edges": CONCEPT_EDGES,
+    "concept_ancestors": CONCEPT_ANCESTORS,
+    "tags": TAGS,
 }
 
 # Columns of other tables that the catalog's ``signals`` view joins in by sample_id, so a user sees
