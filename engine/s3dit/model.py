@@ -396,7 +396,11 @@ S3DiT_models: dict[str, S3DiTConfig] = {
     "S3DiT-L/2": S3DiTConfig(dim=1536, n_layers=24, n_heads=12, axes_dims=(32, 48, 48), in_channels=16),
     "S3DiT-6B/2": S3DiTConfig(),  # the released Z-Image size: 6.15B parameters
 }
-CPU_PRESETS = ("S3DiT-T/2", "S3DiT-XS/2", "S3DiT-S/2")  # forward + backward in seconds on a CPU
+# Patch 4 in pixel space: a 32 px image is 64 tokens instead of 256, so CPU runs (tests, the demo)
+# take minutes, not hours. Like DiT's /4 and /8 variants: same weights shapes but the patch embed.
+S3DiT_models["S3DiT-T/4"] = replace(S3DiT_models["S3DiT-T/2"], patch_size=4)
+S3DiT_models["S3DiT-XS/4"] = replace(S3DiT_models["S3DiT-XS/2"], patch_size=4)
+CPU_PRESETS = ("S3DiT-T/4", "S3DiT-T/2", "S3DiT-XS/4", "S3DiT-XS/2", "S3DiT-S/2")  # seconds per step on a CPU
 
 
 def list_presets() -> list[str]:
