@@ -159,8 +159,11 @@ class Logger:
 # --- main -------------------------------------------------------------------------------------------
 
 
-def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None) -> dict:
+def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_at: int | None = None) -> dict:
     """Train every stage of ``cfg``; resumes from the run's latest checkpoint when there is one.
+
+    ``stop_at``: checkpoint and return after this global step (a time-limited job; the same call
+    without it resumes). ``on_step`` receives each logged row.
 
     Returns a summary: final step, last loss per stage, checkpoint and feedback paths.
     """
@@ -279,6 +282,10 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None) -> dic
                 recent = ([], [])
             if stage_step % cfg.checkpoint_every == 0 and stage_step < cfg.steps:
                 checkpoint(loader)
+            if step == stop_at and stage_step < cfg.steps:
+                checkpoint(loader)
+                logger.close()
+                return {**summary, "step": step, "stopped": True}
         if bar is not None:
             bar.close()
         # --- checkpoint (stage end: the next stage starts from these weights) ------------------------
