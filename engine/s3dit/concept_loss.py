@@ -72,8 +72,8 @@ def send_feedback(ws: Workspace, report: pa.Table) -> str:
 
 def read_feedback(ws: Workspace, stage: str) -> pa.Table:
     """Every report of a stage, in step order (empty with the schema when none)."""
-    import pyarrow.parquet as pq
     import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
     selector = pafs.FileSelector(ws.path("feedback", stage), allow_not_found=True)
     files = sorted(i.path for i in ws.fs.get_file_info(selector) if i.is_file and i.path.endswith(".parquet"))

@@ -16,7 +16,6 @@ checkpoint, so a resumed run draws exactly the batches an uninterrupted one woul
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from collections import OrderedDict
@@ -266,7 +265,11 @@ class ManifestLoader:
             ok, images, refs = [], [], []
             for r in rows:
                 x = self.load(r["uri"], r["bucket_h"], r["bucket_w"])
-                ref = None if r["source_uri"] is None else self.load(r["source_uri"], r["bucket_h"], r["bucket_w"])
+                ref = (
+                    None
+                    if r["source_uri"] is None
+                    else self.load(r["source_uri"], r["bucket_h"], r["bucket_w"])
+                )
                 if x is None or (r["source_uri"] is not None and ref is None):
                     skipped.append(r["sample_id"])
                     continue

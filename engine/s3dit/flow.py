@@ -109,8 +109,12 @@ class RectifiedFlow:
         The noise schedule is uniform in sigma, then shifted for the resolution.
         """
         n = noise.shape[0]
-        sigmas = shift_sigma(torch.linspace(1, 0, steps + 1, dtype=torch.float64), shift_mu(self.seq_len(noise)))
-        uncond = drop_captions(cond, self.null_cap.to(noise.device), torch.ones(n, dtype=torch.bool, device=noise.device))
+        sigmas = shift_sigma(
+            torch.linspace(1, 0, steps + 1, dtype=torch.float64), shift_mu(self.seq_len(noise))
+        )
+        uncond = drop_captions(
+            cond, self.null_cap.to(noise.device), torch.ones(n, dtype=torch.bool, device=noise.device)
+        )
         x = noise
         for i in range(steps):
             t = torch.full((n,), float(1 - sigmas[i]), device=noise.device, dtype=noise.dtype)  # (N,)

@@ -89,7 +89,9 @@ class TimestepEmbedder(nn.Module):
     @staticmethod
     def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
         half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        freqs = torch.exp(
+            -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
         args = t[:, None].float() * freqs[None]  # (N, half)
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, dim): cos first, as released
 
@@ -118,7 +120,9 @@ class RopeEmbedder(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids (N, S, 3) integer positions -> cos, sin (N, S, 1, head_dim/2), float32."""
-        angles = torch.cat([getattr(self, f"angles_{a}")[ids[..., a]] for a in range(len(self.axes_dims))], -1)
+        angles = torch.cat(
+            [getattr(self, f"angles_{a}")[ids[..., a]] for a in range(len(self.axes_dims))], -1
+        )
         return angles.cos()[:, :, None], angles.sin()[:, :, None]
 
 
@@ -253,7 +257,9 @@ class S3DiT(nn.Module):
         p, c, d = cfg.patch_size, cfg.in_channels, cfg.dim
         self.t_embedder = TimestepEmbedder(min(d, ADALN_DIM))
         self.x_embedder = nn.Linear(p * p * c, d)
-        self.cap_embedder = nn.Sequential(RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), nn.Linear(cfg.cap_feat_dim, d))
+        self.cap_embedder = nn.Sequential(
+            RMSNorm(cfg.cap_feat_dim, cfg.norm_eps), nn.Linear(cfg.cap_feat_dim, d)
+        )
         self.x_pad_token = nn.Parameter(torch.zeros(d))
         self.cap_pad_token = nn.Parameter(torch.zeros(d))
         self.rope = RopeEmbedder(cfg.axes_dims, cfg.axes_lens, cfg.rope_theta)
@@ -423,7 +429,9 @@ def build_model(preset: str, in_channels: int | None = None, cap_feat_dim: int |
 # --- diffusers interop -------------------------------------------------------------------------------
 
 
-def convert_diffusers_state_dict(sd: dict[str, torch.Tensor], patch_key: str = "2-1") -> dict[str, torch.Tensor]:
+def convert_diffusers_state_dict(
+    sd: dict[str, torch.Tensor], patch_key: str = "2-1"
+) -> dict[str, torch.Tensor]:
     """Map a diffusers ``ZImageTransformer2DModel`` state dict onto this model's names.
 
     This is how released Z-Image weights load here, and how the fidelity test copies weights.

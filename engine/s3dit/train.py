@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -134,7 +134,9 @@ class Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ValueError("--log tensorboard needs the tensorboard package (pip install tensorboard)") from e
+                raise ValueError(
+                    "--log tensorboard needs the tensorboard package (pip install tensorboard)"
+                ) from e
             self.tb = SummaryWriter(os.path.join(cfg.run_dir, "tensorboard"))
         path = os.path.join(cfg.run_dir, "log.csv")
         new = not os.path.exists(path)
@@ -303,14 +305,22 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
 def load_for_sampling(path: str, device: str = "cpu", use_ema: bool = True) -> dict:
     """A trained checkpoint's model (EMA weights by default), text encoder, latents and flow."""
     ckpt = torch.load(path, map_location=device, weights_only=False)
-    model = S3DiT(S3DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}))
+    model = S3DiT(
+        S3DiTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+    )
     model.load_state_dict(ckpt["ema" if use_ema else "model"])
     model = model.to(device).eval()
     text = ckpt["text_encoder"]
     encoder = TextEncoder(TextEncoderConfig(text["path"], text["layer"]), "cpu")
     latents = load_latents(ckpt["latents"].get("path"), device)
     flow = RectifiedFlow(model, encoder.encode([""])[0], patch_size=model.config.patch_size)
-    return {"model": model, "encoder": encoder, "latents": latents, "flow": flow, "image_size": ckpt["image_size"]}
+    return {
+        "model": model,
+        "encoder": encoder,
+        "latents": latents,
+        "flow": flow,
+        "image_size": ckpt["image_size"],
+    }
 
 
 @torch.no_grad()

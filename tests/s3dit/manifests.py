@@ -61,7 +61,9 @@ def openclipart_rows(n: int, categories: tuple[str, ...] = CATEGORIES) -> list[d
                 raise RuntimeError("not enough small openclipart images")
             continue
         path = files[k]
-        svg = os.path.join(OPENCLIPART_ROOT, "svg", os.path.relpath(path, os.path.join(OPENCLIPART_ROOT, "png")))
+        svg = os.path.join(
+            OPENCLIPART_ROOT, "svg", os.path.relpath(path, os.path.join(OPENCLIPART_ROOT, "png"))
+        )
         try:
             with open(svg[:-4] + ".svg", "rb") as f:
                 caption = openclipart_caption(f.read())

@@ -15,7 +15,9 @@ def test_epochs_are_without_replacement_and_follow_the_weights():
     weights = np.array([8.0, 4.0, 2.0, 1.0, 1.0, 0.0] * 10)
     first = np.zeros(len(weights))
     for seed in range(200):
-        sampler = ManifestSampler(weights, [(32, 32, False)] * len(weights), batch_size=6, seed=seed, epoch_size=12)
+        sampler = ManifestSampler(
+            weights, [(32, 32, False)] * len(weights), batch_size=6, seed=seed, epoch_size=12
+        )
         drawn = np.concatenate([sampler.next_batch(), sampler.next_batch()])
         assert len(set(drawn.tolist())) == 12  # no row twice within an epoch
         assert weights[drawn].min() > 0  # weight 0 is never drawn
@@ -25,7 +27,9 @@ def test_epochs_are_without_replacement_and_follow_the_weights():
 
 
 def test_repeat_cap_stops_a_row_after_its_draws():
-    sampler = ManifestSampler(np.array([100.0, 1.0, 1.0, 1.0]), [(8, 8, False)] * 4, 1, epoch_size=1, repeat_cap=2)
+    sampler = ManifestSampler(
+        np.array([100.0, 1.0, 1.0, 1.0]), [(8, 8, False)] * 4, 1, epoch_size=1, repeat_cap=2
+    )
     drawn = [int(sampler.next_batch()[0]) for _ in range(8)]
     assert drawn.count(0) == 2  # drawn first twice (weight 100), then capped
     assert all(drawn.count(i) <= 2 for i in range(4))
@@ -41,7 +45,9 @@ def test_batches_are_bucket_pure_and_the_state_resumes_exactly():
     rest = [sampler.next_batch() for _ in range(9)]  # crosses into the next epoch
     again = ManifestSampler(np.ones(21), keys, batch_size=4, seed=3)
     again.load_state_dict(state)
-    assert all(np.array_equal(a, b) for a, b in zip(rest, [again.next_batch() for _ in range(9)], strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(rest, [again.next_batch() for _ in range(9)], strict=True)
+    )
 
 
 def test_new_weights_apply_from_the_next_epoch():
@@ -64,7 +70,9 @@ def test_loader_reads_openclipart_resized_to_the_bucket(tmp_path, clipart_rows):
 
 
 def test_image_to_image_rows_bring_their_reference(tmp_path, clipart_rows):
-    path = write_manifest(str(tmp_path / "omni.parquet"), clipart_rows[:24], stage="omni", image_to_image=True)
+    path = write_manifest(
+        str(tmp_path / "omni.parquet"), clipart_rows[:24], stage="omni", image_to_image=True
+    )
     loader = ManifestLoader(read_manifest(path), batch_size=4, seed=0)
     kinds = set()
     for _ in range(6):

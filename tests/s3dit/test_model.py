@@ -116,7 +116,9 @@ def test_equal_outputs_to_diffusers_zimage_with_ragged_captions():
     with torch.no_grad():  # random weights everywhere, gates and pad tokens included
         for p in theirs.parameters():
             p.normal_(0, 0.1)
-    ours = S3DiT(S3DiTConfig(dim=128, n_layers=3, n_heads=2, in_channels=4, cap_feat_dim=48, axes_dims=(16, 24, 24)))
+    ours = S3DiT(
+        S3DiTConfig(dim=128, n_layers=3, n_heads=2, in_channels=4, cap_feat_dim=48, axes_dims=(16, 24, 24))
+    )
     ours.load_state_dict(convert_diffusers_state_dict(theirs.state_dict()), strict=True)
     ours.eval()
 

@@ -49,7 +49,10 @@ def test_resume_gives_identical_weights(tmp_path, clipart_rows):
     for key in ("model", "ema"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), (key, name)
-    assert a["sampler"]["epoch"] == b["sampler"]["epoch"] and a["sampler"]["position"] == b["sampler"]["position"]
+    assert (
+        a["sampler"]["epoch"] == b["sampler"]["epoch"]
+        and a["sampler"]["position"] == b["sampler"]["position"]
+    )
 
 
 def test_concept_losses_are_reported_to_the_workspace(tmp_path, clipart_rows):
@@ -64,7 +67,8 @@ def test_concept_losses_are_reported_to_the_workspace(tmp_path, clipart_rows):
     per_step = report.group_by("step").aggregate([("samples", "sum")])
     assert per_step["samples_sum"].to_pylist() == [12, 12]  # 3 steps x 4 draws, one concept each
     assert all(np.isfinite(report["loss_mean"].to_numpy()))
-    log = open(os.path.join(cfg.run_dir, "log.csv")).read().splitlines()
+    with open(os.path.join(cfg.run_dir, "log.csv")) as f:
+        log = f.read().splitlines()
     assert log[0].startswith("step,stage") and len(log) == 7
 
 
