@@ -332,8 +332,8 @@ def reasons() -> None:
 
 
 def _stage_manifests(ws_root: str, stages: list[str], given: list[str]) -> dict[str, str]:
-    """stage -> manifest: 'stage=PATH' pairs, a bare PATH for a single stage, else the newest
-    manifests/<stage>/*.parquet of the workspace."""
+    """stage -> manifest: 'stage=PATH' pairs, a bare PATH for a single stage, else the workspace's
+    manifests/<stage> folder (a PATH may be a folder too: its newest manifest, followed)."""
     manifests: dict[str, str] = {}
     for item in given:
         stage, sep, path = item.partition("=")
@@ -347,12 +347,11 @@ def _stage_manifests(ws_root: str, stages: list[str], given: list[str]) -> dict[
     for stage in stages:
         if stage not in manifests:
             folder = Path(ws_root) / "manifests" / stage
-            found = sorted(folder.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
-            if not found:
+            if not any(folder.glob("*.parquet")):
                 fail(
                     f"no manifest for stage {stage!r}: pass --manifest {stage}=PATH or build one in {folder}"
                 )
-            manifests[stage] = str(found[-1])
+            manifests[stage] = str(folder)  # the trainer takes the newest and follows new ones
     return manifests
 
 
@@ -452,6 +451,8 @@ def train(
         out.print(f"skipped {len(summary['skipped'])} draws whose image could not be read")
     out.print(f"checkpoint: {summary['checkpoint']}")
     out.print(f"feedback:   {len(summary['feedback'])} reports in {ws.path('feedback')}")
+    for path in summary["refreshed"]:
+        out.print(f"followed a newer manifest: {path}")
 
 
 @app.command(

@@ -37,7 +37,7 @@ class TrainConfig:
 
     workspace: str
     stages: list[str]  # in training order, e.g. ["lowres", "omni", "sft"]
-    manifests: dict[str, str]  # stage -> manifest Parquet (path or URI)
+    manifests: dict[str, str]  # stage -> manifest Parquet, or a folder of them: newest, followed
     preset: str = "S3DiT-XS/2"
     steps: int = 1000  # optimizer steps per stage
     batch_size: int = 32
@@ -111,6 +111,31 @@ def load_text_encoder(cfg: TrainConfig, device: str = "cpu") -> TextEncoder:
     return TextEncoder(TextEncoderConfig(cfg.text_encoder, layer), device)
 
 
+def resolve_manifest(location: str) -> str:
+    """A manifest file, or the newest ``*.parquet`` of a folder (the engine's manifests/<stage>)."""
+    if not os.path.isdir(location):
+        return location
+    found = [os.path.join(location, n) for n in os.listdir(location) if n.endswith(".parquet")]
+    if not found:
+        raise ManifestError(f"no manifest (*.parquet) in {location}")
+    return max(found, key=lambda p: (os.stat(p).st_mtime_ns, p))
+
+
+def refresh_weights(loader: ManifestLoader, location: str, current: str) -> str:
+    """Follow a manifest folder: when a newer manifest appeared there (the engine's answer to our
+    feedback), take its weights for the rows we have, from the next epoch on. Returns the file
+    now followed."""
+    if not os.path.isdir(location):
+        return current
+    newest = resolve_manifest(location)
+    if newest != current:
+        table = read_manifest(newest)
+        loader.set_weights_by_id(
+            dict(zip(table["sample_id"].to_pylist(), table["weight"].to_pylist(), strict=True))
+        )
+    return newest
+
+
 def checkpoint_path(cfg: TrainConfig, name: str) -> str:
     return os.path.join(cfg.run_dir, "checkpoints", name)
 
@@ -173,7 +198,8 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
     for stage in cfg.stages:
         if stage not in cfg.manifests:
             raise ManifestError(f"no manifest given for stage {stage!r}")
-    manifests = {s: read_manifest(cfg.manifests[s]) for s in cfg.stages}  # fail early on a bad one
+    for stage in cfg.stages:  # fail early on a bad manifest, not after hours of the first stage
+        read_manifest(resolve_manifest(cfg.manifests[stage]))
     ws = Workspace(cfg.workspace).create()
     device = pick_device(cfg.device)
     on_gpu = device.type == "cuda"
@@ -190,7 +216,7 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     flow = RectifiedFlow(model, encoder.encode([""])[0], cfg.cap_dropout, patch_size=model.config.patch_size)
-    step, stage_index, stage_step, sampler_state = 0, 0, 0, None
+    step, stage_index, stage_step, sampler_state, sources = 0, 0, 0, None, None
     latest = checkpoint_path(cfg, "latest.pt")
     if os.path.exists(latest):
         ckpt = torch.load(latest, map_location=device, weights_only=False)
@@ -198,11 +224,12 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["opt"])
         step, stage_index, stage_step = ckpt["step"], ckpt["stage_index"], ckpt["stage_step"]
-        sampler_state = ckpt["sampler"]
+        sampler_state, sources = ckpt["sampler"], ckpt["manifest_files"]
     logger = Logger(cfg)
-    summary: dict = {"losses": {}, "feedback": [], "checkpoint": latest, "skipped": []}
+    summary: dict = {"losses": {}, "feedback": [], "checkpoint": latest, "skipped": [], "refreshed": []}
 
-    def checkpoint(loader: ManifestLoader) -> None:
+    def checkpoint(loader: ManifestLoader | None) -> None:
+        """loader None: between stages (the next stage starts with a fresh sampler)."""
         state = {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
@@ -215,7 +242,9 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
             "step": step,
             "stage_index": stage_index,
             "stage_step": stage_step,
-            "sampler": loader.sampler.state_dict(),
+            "sampler": None if loader is None else loader.sampler.state_dict(),
+            # the manifest the rows came from, and the one the weights came from (followed)
+            "manifest_files": None if loader is None else (base, current),
         }
         save_checkpoint(latest, state)
 
@@ -223,10 +252,11 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
     while stage_index < len(cfg.stages):
         stage = cfg.stages[stage_index]
         # --- data (from a manifest only) ------------------------------------------------------------
-        loader = ManifestLoader(
-            manifests[stage], cfg.batch_size, cfg.seed + stage_index, cfg.epoch_size, cfg.repeat_cap
-        )
-        features = encode_captions(encoder, [c or "" for c in manifests[stage]["caption"].to_pylist()])
+        base, current = sources or (resolve_manifest(cfg.manifests[stage]),) * 2
+        sources = None
+        table = read_manifest(base)
+        loader = ManifestLoader(table, cfg.batch_size, cfg.seed + stage_index, cfg.epoch_size, cfg.repeat_cap)
+        features = encode_captions(encoder, [c or "" for c in table["caption"].to_pylist()])
         if sampler_state is not None:
             loader.sampler.load_state_dict(sampler_state)
             sampler_state = None
@@ -279,8 +309,12 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             if stage_step % cfg.feedback_every == 0 or stage_step == cfg.steps:
-                report = concept_losses(stage, step, cfg.manifests[stage], *recent)
+                report = concept_losses(stage, step, current, *recent)
                 summary["feedback"].append(send_feedback(ws, report))
+                followed = refresh_weights(loader, cfg.manifests[stage], current)
+                if followed != current:
+                    summary["refreshed"].append(followed)
+                    current = followed
                 recent = ([], [])
             if stage_step % cfg.checkpoint_every == 0 and stage_step < cfg.steps:
                 checkpoint(loader)
@@ -293,7 +327,10 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
         # --- checkpoint (stage end: the next stage starts from these weights) ------------------------
         save_checkpoint(checkpoint_path(cfg, f"{stage}.pt"), {"ema": ema.state_dict(), "step": step})
         stage_index, stage_step = stage_index + 1, 0
-        checkpoint(loader)
+        checkpoint(None)
+        if step == stop_at and stage_index < len(cfg.stages):
+            logger.close()
+            return {**summary, "step": step, "stopped": True}
     logger.close()
     summary["step"] = step
     return summary
