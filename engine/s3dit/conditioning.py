@@ -39,7 +39,9 @@ class TextEncoder:
 
     def __init__(self, config: TextEncoderConfig = TextEncoderConfig(), device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load
         self.config = config
         path = config.path or minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
