@@ -261,6 +261,8 @@ class ManifestLoader:
         """The next non-empty batch (a batch whose every image fails is skipped, its ids kept)."""
         skipped: list[str] = []
         while True:
+            if len(skipped) > len(self.rows):  # a whole epoch's worth of draws and not one image
+                raise ManifestError(f"no image could be read (last tried: {self.rows[-1]['uri']})")
             rows = [self.rows[i] for i in self.sampler.next_batch()]
             ok, images, refs = [], [], []
             for r in rows:

@@ -112,3 +112,10 @@ def test_resize_crop_covers_the_bucket():
     image = Image.new("RGB", (300, 100), "red")
     out = resize_crop(image, 32, 48)
     assert out.size == (48, 32)
+
+
+def test_a_manifest_whose_images_all_fail_is_an_error_not_a_hang(tmp_path, clipart_rows):
+    rows = [{**r, "uri": str(tmp_path / f"gone{i}.png")} for i, r in enumerate(clipart_rows[:3])]
+    loader = ManifestLoader(read_manifest(write_manifest(str(tmp_path / "m.parquet"), rows)), batch_size=2)
+    with pytest.raises(ManifestError, match="no image could be read"):
+        loader.next_batch()
