@@ -72,7 +72,7 @@ def test_concept_losses_are_reported_to_the_workspace(tmp_path, clipart_rows):
 
 
 def test_one_batch_overfits(tmp_path, clipart_rows):
-    path = write_manifest(str(tmp_path / "one.parquet"), clipart_rows[:4])
+    path = write_manifest(str(tmp_path / "one.parquet"), clipart_rows[:4], size=(16, 16))  # 16 tokens
     losses = []
     cfg = config(tmp_path, {"lowres": path}, steps=150, cap_dropout=0.0, warmup=10, feedback_every=1000)
     main(cfg, on_step=lambda row: losses.append(row["loss"]))
