@@ -1,7 +1,9 @@
 """The DuckDB catalog: views over the workspace's Parquet tables, and queries over them.
 
-``WS/catalog.duckdb`` holds one view per table (``samples``, ``signals``) reading every shard
-through a glob, so new shards are visible without rebuilding it, plus a few derived views:
+``WS/catalog.duckdb`` holds one view per table (``samples``, ``signals``, each image stage's
+table) reading every shard through a glob, so new shards are visible without rebuilding it.
+``signals`` also carries the image stages' signal columns (``schema.SIGNAL_COLUMNS``: OCR text,
+clip_score, ...) joined in by sample_id, null where a stage has not run. Derived views:
 
 * ``sample_signals``: usable samples joined with their signals;
 * ``reject_reasons``: rejected samples counted by reason;
@@ -47,20 +49,32 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _table_relation(con: duckdb.DuckDBPyConnection, ws: Workspace, name: str) -> str:
+    """SQL naming a table's rows: its shards through a glob, or an empty table with its columns."""
+    if ws.list_shards(name):
+        return f"read_parquet({_quote(ws.local_uri(name, '*.parquet'))}, union_by_name = true)"
+    # No shards yet: an empty table with the right columns, so queries still run.
+    con.register("empty_arrow", schema.TABLES[name].empty_table())
+    con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM empty_arrow")
+    con.unregister("empty_arrow")
+    return f"_empty_{name}"
+
+
+def _signals_sql(relations: dict[str, str]) -> str:
+    """``signals`` with the columns of ``schema.SIGNAL_COLUMNS`` joined in by sample_id."""
+    columns, joins = ["g.*"], []
+    for i, (table, names) in enumerate(schema.SIGNAL_COLUMNS.items()):
+        columns += [f"t{i}.{name}" for name in names]
+        joins.append(f"LEFT JOIN {relations[table]} t{i} USING (sample_id)")
+    return f"SELECT {', '.join(columns)} FROM {relations['signals']} g {' '.join(joins)}"
+
+
 def create_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
     """Create (or replace) every table view and derived view on ``con``."""
-    for name, table_schema in schema.TABLES.items():
-        if ws.list_shards(name):
-            glob = ws.local_uri(name, "*.parquet")
-            con.execute(
-                f"CREATE OR REPLACE VIEW {name} AS "
-                f"SELECT * FROM read_parquet({_quote(glob)}, union_by_name = true)"
-            )
-        else:  # no shards yet: an empty table with the right columns, so queries still run
-            con.register("empty_arrow", table_schema.empty_table())
-            con.execute(f"DROP VIEW IF EXISTS {name}")
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS SELECT * FROM empty_arrow")
-            con.unregister("empty_arrow")
+    relations = {name: _table_relation(con, ws, name) for name in schema.TABLES}
+    for name, relation in relations.items():
+        sql = _signals_sql(relations) if name == "signals" else f"SELECT * FROM {relation}"
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     # The views hold absolute paths; remembering the root lets a reader spot a moved workspace.

@@ -190,6 +190,13 @@ def curate(
         int, typer.Option(help="Truncate captions beyond this length.")
     ] = DEFAULTS.max_caption_chars,
     num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    stages: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated stages after ingest and profile (which always run), e.g. "
+            "'ocr,embed'; 'all' runs every image stage, 'profile' none of them."
+        ),
+    ] = "all",
 ) -> None:
     """Ingest and profile image-text pairs into a workspace, on Ray.
 
@@ -199,16 +206,28 @@ def curate(
     from engine.source import SourceError, load_source
     from engine.workspace import Workspace
     from pipelines.curate import run_curate
+    from pipelines.stages import IMAGE_STAGES, build_image_stages
 
     if shard_size < 1 or max_pixels < 1 or max_file_bytes < 1 or max_caption_chars < 1:
         fail("--shard-size, --max-pixels, --max-file-bytes and --max-caption-chars must be positive")
+    names = [n.strip() for n in stages.split(",") if n.strip() and n.strip() != "profile"]
+    try:
+        image_stages = build_image_stages(list(IMAGE_STAGES) if names == ["all"] else names)
+    except ValueError as e:
+        fail(f"--stages: {e}")
     try:
         src = load_source(source, kind, max_file_bytes, image_column, caption_column)
         config = IngestConfig(
             max_pixels=max_pixels, max_file_bytes=max_file_bytes, max_caption_chars=max_caption_chars
         )
         summary = run_curate(
-            src, Workspace(workspace), config, shard_size=shard_size, limit=limit, num_cpus=num_cpus
+            src,
+            Workspace(workspace),
+            config,
+            shard_size=shard_size,
+            limit=limit,
+            num_cpus=num_cpus,
+            image_stages=image_stages,
         )
     except SourceError as e:
         fail(str(e))
@@ -299,12 +318,14 @@ def demo(
     from engine.source import SourceError, load_source
     from engine.workspace import Workspace
     from pipelines.curate import run_curate
+    from pipelines.stages import IMAGE_STAGES, build_image_stages
 
     try:
         src = load_source("openclipart")
     except SourceError as e:
         fail(str(e))
-    summary = run_curate(src, Workspace(workspace), limit=limit, num_cpus=num_cpus)
+    image_stages = build_image_stages(list(IMAGE_STAGES))  # the demo shows every stage
+    summary = run_curate(src, Workspace(workspace), limit=limit, num_cpus=num_cpus, image_stages=image_stages)
     print_summary(summary)
     out.print(f"\nnext: zcurate stats --workspace {os.path.relpath(summary.workspace)}")
     out.print(

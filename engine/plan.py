@@ -10,13 +10,15 @@ file is missing are worked on. Records that appear in the source later (or a lar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.source import PLAN_ROW, Source
+from engine.ingest import IngestConfig
+from engine.source import PLAN_ROW, Source, load_source
 from engine.workspace import Workspace
 
 PLAN_SCHEMA = pa.schema([("shard", pa.int32()), *PLAN_ROW])
@@ -80,3 +82,40 @@ def read_shard_rows(ws: Workspace, plan: ShardPlan, index: int) -> pa.Table:
     """The plan rows of one shard, in plan order."""
     table = pq.read_table(ws.path(plan.path), filesystem=ws.fs, filters=[("shard", "=", index)])
     return table.drop_columns(["shard"])
+
+
+def save_source_config(ws: Workspace, source: Source, config: IngestConfig) -> None:
+    """Remember how ``source`` was opened and judged, beside its plan.
+
+    Jobs that come later (a stage added to a curated workspace) reopen the source from this file
+    and re-read a shard's images exactly as the curate job did.
+    """
+    opened = {
+        "location": source.location,
+        "kind": source.kind,
+        "max_file_bytes": source.max_file_bytes,
+        "image_column": getattr(source, "image_column", None),
+        "caption_column": getattr(source, "caption_column", None),
+        "ingest": asdict(config),
+    }
+    ws.write_text(f"_plans/{source.kind}-{source.key}.json", json.dumps(opened, indent=1, sort_keys=True))
+
+
+def load_plans(ws: Workspace) -> list[tuple[Source, ShardPlan, IngestConfig]]:
+    """Every source curated into ``ws``, reopened, with its saved plan (not extended)."""
+    found = []
+    for name in ws.list_files("_plans", ".json"):
+        opened = json.loads(ws.read_text(f"_plans/{name}"))
+        source = load_source(
+            opened["location"],
+            opened["kind"],
+            opened["max_file_bytes"],
+            opened["image_column"],
+            opened["caption_column"],
+        )
+        rel_path = f"_plans/{source.kind}-{source.key}.parquet"
+        shards = pq.read_table(ws.path(rel_path), filesystem=ws.fs, columns=["shard"])["shard"]
+        shard_count = (pc.max(shards).as_py() + 1) if len(shards) else 0
+        plan = ShardPlan(source.kind, source.key, rel_path, shard_count, len(shards), 0)
+        found.append((source, plan, IngestConfig(**opened["ingest"])))
+    return found

@@ -109,3 +109,8 @@ TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "signals": SIGNALS,
 }
+
+# Columns of other tables that the catalog's ``signals`` view joins in by sample_id, so a user sees
+# one row of signals per sample whichever stage produced them (table name -> columns). Each image
+# stage writes its own table (a rerun of one stage never rewrites another's files).
+SIGNAL_COLUMNS: dict[str, tuple[str, ...]] = {}

@@ -102,6 +102,25 @@ class Workspace:
         )
         self.fs.move(tmp, final)
 
+    def write_text(self, rel_path: str, text: str) -> None:
+        """Write a UTF-8 text file at ``rel_path`` atomically."""
+        final = self.path(rel_path)
+        self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
+        tmp = self._tmp_path(final.rsplit("/", 1)[1])
+        with self.fs.open_output_stream(tmp) as out:
+            out.write(text.encode("utf-8"))
+        self.fs.move(tmp, final)
+
+    def read_text(self, rel_path: str) -> str:
+        with self.fs.open_input_stream(self.path(rel_path)) as stream:
+            return stream.read().decode("utf-8")
+
+    def list_files(self, rel_dir: str, suffix: str = "") -> list[str]:
+        """Names of the files directly in ``rel_dir`` ending in ``suffix``, sorted."""
+        selector = pafs.FileSelector(self.path(rel_dir), allow_not_found=True)
+        names = (info.base_name for info in self.fs.get_file_info(selector) if info.is_file)
+        return sorted(n for n in names if n.endswith(suffix))
+
     # --- tables -------------------------------------------------------------------------------
 
     def write_shard(self, table_name: str, shard_id: str, table: pa.Table) -> None:
@@ -111,9 +130,10 @@ class Workspace:
 
     def list_shards(self, table_name: str) -> list[str]:
         """The ids of the complete shards of a table, sorted."""
-        selector = pafs.FileSelector(self.path(table_name), allow_not_found=True)
-        names = (info.base_name for info in self.fs.get_file_info(selector) if info.is_file)
-        return sorted(n[: -len(PARQUET)] for n in names if n.endswith(PARQUET))
+        return [name[: -len(PARQUET)] for name in self.list_files(table_name, PARQUET)]
+
+    def has_shard(self, table_name: str, shard_id: str) -> bool:
+        return self.exists(table_name, f"{shard_id}{PARQUET}")
 
     def shard_files(self, table_name: str) -> list[str]:
         """Filesystem paths of a table's shard files, sorted by shard id."""

@@ -4,8 +4,10 @@ Top to bottom:
 
 1. plan     ``engine.plan.plan_source`` fixes which record goes into which shard (saved first).
 2. shards   every shard without a ``samples`` file becomes one Ray Data row; ``CurateShard``
-            runs the stages over its records and writes ``signals`` then ``samples``
-            atomically (a ``samples`` file is the mark of a finished shard).
+            runs ingest and profile over its records, hands every usable sample to the image
+            stages asked for (OCR, embedding, ...), and writes ``signals``, each image stage's
+            table, then ``samples``, each atomically (a ``samples`` file is the mark of a
+            finished shard).
 3. finalize ``mark_duplicate_rows`` rejects repeated (image, caption) pairs across shards.
 4. catalog  ``engine.catalog.refresh_catalog`` rebuilds the DuckDB views.
 
@@ -15,23 +17,23 @@ and finalize is idempotent, so the result has every record exactly once.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from engine import schema
 from engine.catalog import refresh_catalog
 from engine.ingest import IngestConfig, find_duplicate_rows, make_rejected_id
-from engine.plan import ShardPlan, plan_source, read_shard_rows
+from engine.plan import ShardPlan, plan_source, read_shard_rows, save_source_config
 from engine.source import Source
 from engine.workspace import Workspace
-from pipelines.runtime import ray_session
-from pipelines.stages import IngestStage, ProfileStage
+from pipelines.backfill import run_image_stage
+from pipelines.runtime import map_shards, ray_session
+from pipelines.stages import ImageStage, IngestStage, ProfileStage, StageItem
 
 DEFAULT_SHARD_SIZE = 256  # records: ~3 s of work per shard on one core for openclipart (64 records
 # took ~0.8 s in bench/), so a killed job loses little; a 1M-pair source is ~4k shards
@@ -65,11 +67,19 @@ class CurateShard:
     it once per shard. Tests and benchmarks call it directly, without Ray.
     """
 
-    def __init__(self, ws: Workspace, source: Source, plan: ShardPlan, config: IngestConfig):
+    def __init__(
+        self,
+        ws: Workspace,
+        source: Source,
+        plan: ShardPlan,
+        config: IngestConfig,
+        image_stages: list[ImageStage] = (),
+    ):
         self.ws, self.source, self.plan = ws, source, plan
         self.ingest = IngestStage(plan.source_key, config)
         self.profile = ProfileStage()
-        for stage in (self.ingest, self.profile):
+        self.image_stages = list(image_stages)
+        for stage in (self.ingest, self.profile, *self.image_stages):
             stage.setup()
 
     def __call__(self, item: dict) -> dict:
@@ -77,6 +87,8 @@ class CurateShard:
         index = item["shard"]
         shard_id = self.plan.shard_id(index)
         self.profile.setup()  # forget the previous shard's image cache
+        for stage in self.image_stages:
+            stage.begin_shard()
         rows = read_shard_rows(self.ws, self.plan, index)
         samples, signals = [], []
         first_row_of: dict[str, int] = {}  # sample_id -> row_index, for duplicates in this shard
@@ -103,9 +115,14 @@ class CurateShard:
                         reject_detail=f"profile: {type(e).__name__}: {e}",
                         sample_id=make_rejected_id(self.plan.source_key, sample["ref"]),
                     )
+                else:
+                    item = StageItem(sample["sample_id"], sample["image_id"], sample["caption"], result.image)
+                    add_to_stages(self.image_stages, item)
             samples.append(sample)
             result.image = None  # free the decoded pixels before the next record
         self.ws.write_shard("signals", shard_id, pa.Table.from_pylist(signals, schema=schema.SIGNALS))
+        for stage in self.image_stages:
+            self.ws.write_shard(stage.table, shard_id, stage.finish_shard())
         self.ws.write_shard("samples", shard_id, pa.Table.from_pylist(samples, schema=schema.SAMPLES))
         ok = sum(s["status"] == schema.STATUS_OK for s in samples)
         return {
@@ -115,6 +132,15 @@ class CurateShard:
             "started": started,
             "finished": time.time(),
         }
+
+
+def add_to_stages(stages: list[ImageStage], item: StageItem) -> None:
+    """Hand one usable sample to every image stage, naming the stage when one breaks its promise."""
+    for stage in stages:
+        try:
+            stage.add(item)
+        except Exception as e:  # a stage must catch per-image errors itself: this is a bug in it
+            raise RuntimeError(f"{stage.name} stage failed on sample {item.sample_id}: {e}") from e
 
 
 def reject_duplicate(sample: dict, kept: str, source_key: str) -> None:
@@ -131,8 +157,9 @@ def mark_duplicate_rows(ws: Workspace) -> int:
     """Reject usable rows that repeat an earlier (image, caption) pair in another shard.
 
     "Earlier" is the smallest (shard_id, row_index), so the outcome does not depend on which
-    shard finished first. Affected shards are rewritten atomically, signals before samples;
-    rerunning after a kill finds what is left. Returns the number of rows marked.
+    shard finished first. Affected shards are rewritten atomically, every other table of the
+    shard (signals, image stage tables) before samples; rerunning after a kill finds what is left.
+    Returns the number of rows marked.
     """
     columns = ["sample_id", "status", "shard_id", "row_index", "ref"]
     duplicates = find_duplicate_rows(ws.read_table("samples", columns=columns))
@@ -149,9 +176,13 @@ def mark_duplicate_rows(ws: Workspace) -> int:
             if sample["row_index"] in kept_by_row:
                 dropped.add(sample["sample_id"])
                 reject_duplicate(sample, kept_by_row[sample["row_index"]], source_key)
-        signals = ws.read_shard("signals", shard_id)
-        signals = signals.filter(pc.invert(pc.is_in(signals["sample_id"], pa.array(sorted(dropped)))))
-        ws.write_shard("signals", shard_id, signals)
+        dropped_ids = pa.array(sorted(dropped), pa.string())
+        for table_name in schema.TABLES:
+            if table_name != "samples" and ws.has_shard(table_name, shard_id):
+                table = ws.read_shard(table_name, shard_id)
+                ws.write_shard(
+                    table_name, shard_id, table.filter(pc.invert(pc.is_in(table["sample_id"], dropped_ids)))
+                )
         ws.write_shard("samples", shard_id, pa.Table.from_pylist(samples, schema=schema.SAMPLES))
     return duplicates.num_rows
 
@@ -188,43 +219,44 @@ def run_curate(
     limit: int | None = None,
     num_cpus: int | None = None,
     progress: bool | None = None,
+    image_stages: list[ImageStage] = (),
 ) -> CurateSummary:
     """Ingest and profile ``source`` into ``ws`` (resuming whatever a killed run left).
 
     Args:
+        image_stages: image stages to run on every usable sample (see ``pipelines.stages``).
+            Shards an earlier run finished without one of them get it through
+            ``pipelines.backfill.run_image_stage``; nothing else of theirs is redone.
         num_cpus: CPUs of the local Ray this job starts (ignored when RAY_ADDRESS is set).
         progress: draw a progress bar (default: when stderr is a terminal).
     """
-    import ray
-
     config = config or IngestConfig()
     ws.create()
     plan = plan_source(ws, source, shard_size, limit)
     done = set(ws.list_shards("samples"))
     pending = [i for i in range(plan.shard_count) if plan.shard_id(i) not in done]
+    save_source_config(ws, source, config)
     finished: list[dict] = []
-    if pending:
-        with ray_session(num_cpus):
-            items = [{"shard": i} for i in pending]
-            dataset = ray.data.from_items(items, override_num_blocks=len(items))
-            # One actor per CPU (stages set up once per actor), each with two shards queued so it
-            # never waits for the scheduler between shards. Ray restarts an actor whose process
-            # died (OOM, a decoder segfault) and retries its shard.
-            workers = max(1, min(len(pending), int(ray.cluster_resources().get("CPU", 1))))
-            pool = ray.data.ActorPoolStrategy(
-                min_size=1, max_size=workers, initial_size=workers, max_tasks_in_flight_per_actor=2
-            )
-            dataset = dataset.map(
+    # Ray starts only when there is work: a rerun of a finished job takes a moment.
+    with ray_session(num_cpus) if pending else nullcontext():
+        if pending:
+            worker_kwargs = {
+                "ws": ws,
+                "source": source,
+                "plan": plan,
+                "config": config,
+                "image_stages": list(image_stages),
+            }
+            finished = map_shards(
+                [{"shard": i} for i in pending],
                 CurateShard,
-                fn_constructor_kwargs={"ws": ws, "source": source, "plan": plan, "config": config},
-                compute=pool,
-                num_cpus=1,
+                worker_kwargs,
+                desc="curate",
+                progress=progress,
+                num_gpus=max((stage.num_gpus for stage in image_stages), default=0),
             )
-            show = sys.stderr.isatty() if progress is None else progress
-            with tqdm(total=len(pending), unit="shard", disable=not show, desc="curate") as bar:
-                for done_shard in dataset.iter_rows():
-                    finished.append(done_shard)
-                    bar.update(1)
+        for stage in image_stages:  # shards an earlier run finished without this stage
+            run_image_stage(ws, stage, num_cpus=num_cpus, progress=progress, refresh=False)
     duplicates = mark_duplicate_rows(ws)
     summary = summarize(ws, plan, len(pending), duplicates)
     if finished:

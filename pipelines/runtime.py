@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from tqdm import tqdm
 
 # No usage-stats prompt or upload: these machines reach no network beyond package registries.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -46,3 +49,45 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def map_shards(
+    items: list[dict],
+    worker: type,
+    worker_kwargs: dict,
+    desc: str,
+    progress: bool | None = None,
+    num_gpus: float = 0,
+) -> list[dict]:
+    """Run ``worker(**worker_kwargs)(item)`` for every item on a Ray Data actor pool.
+
+    One actor per CPU (models set up once per actor), each with two items queued so it never
+    waits for the scheduler between items. Ray restarts an actor whose process died (OOM, a
+    decoder segfault) and retries its item. Call inside ``ray_session``. Returns the workers'
+    results in completion order.
+
+    Args:
+        desc: the progress bar's label. progress: draw it (default: when stderr is a terminal).
+        num_gpus: GPUs per actor (the largest any of the worker's stages asks for).
+    """
+    import ray
+
+    if not items:
+        return []
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    workers = max(1, min(len(items), int(ray.cluster_resources().get("CPU", 1))))
+    if num_gpus:
+        workers = max(1, min(workers, int(ray.cluster_resources().get("GPU", 0) / num_gpus) or 1))
+    pool = ray.data.ActorPoolStrategy(
+        min_size=1, max_size=workers, initial_size=workers, max_tasks_in_flight_per_actor=2
+    )
+    dataset = dataset.map(
+        worker, fn_constructor_kwargs=worker_kwargs, compute=pool, num_cpus=1, num_gpus=num_gpus or None
+    )
+    show = sys.stderr.isatty() if progress is None else progress
+    results = []
+    with tqdm(total=len(items), unit="shard", disable=not show, desc=desc) as bar:
+        for result in dataset.iter_rows():
+            results.append(result)
+            bar.update(1)
+    return results

@@ -3,11 +3,23 @@
 A stage names its resources (``num_cpus``, ``num_gpus``), loads what it needs once in
 ``setup()``, and maps one item to the next with ``__call__``. ``reads`` and ``writes`` list the
 columns it consumes and produces, so a reader can follow the data from stage to stage.
+
+Two kinds:
+
+* record stages (``IngestStage``, ``ProfileStage``) make the ``samples`` and ``signals`` rows;
+* image stages (OCR, embedding, safety...) follow the ``ImageStage`` protocol below: each gets
+  every usable sample of a shard (``StageItem``, decoded image included) and returns its own
+  table for that shard. They are listed by name in ``IMAGE_STAGES``; the curate job runs the
+  ones asked for, and ``pipelines.backfill`` runs one of them later over shards that lack it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+from PIL import Image
 
 from engine import schema
 from engine.ingest import IngestConfig, IngestResult, ingest_record
@@ -66,3 +78,53 @@ class ProfileStage:
             **image_signals,
             **profile_caption(row["caption"]),
         }
+
+
+@dataclass
+class StageItem:
+    """One usable sample, as an image stage sees it."""
+
+    sample_id: str
+    image_id: str
+    caption: str
+    image: Image.Image  # decoded RGB, EXIF-oriented, full size (ingest caps the pixel count)
+
+
+class ImageStage(Protocol):
+    """What the curate job and the backfill job expect of an image stage.
+
+    Instances are pickled to Ray actors before ``setup()``, so models load in ``setup()`` only.
+    """
+
+    name: str  # the name users pass to ``--stages``
+    table: str  # the workspace table it writes: one shard per curate shard, same shard_id
+    schema: pa.Schema  # that table's columns, sample_id and image_id first
+    num_cpus: float
+    num_gpus: float
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+
+    def setup(self) -> None:
+        """Load models (once per actor)."""
+
+    def begin_shard(self) -> None:
+        """Forget the previous shard's rows and caches."""
+
+    def add(self, item: StageItem) -> None:
+        """Take one usable sample (in row order); never raise for one bad image."""
+
+    def finish_shard(self) -> pa.Table:
+        """One row per added sample, in the order they were added."""
+
+
+# name -> class; constructing a class with no arguments gives the embedded default.
+IMAGE_STAGES: dict[str, type] = {}
+
+
+def build_image_stages(names: list[str]) -> list[ImageStage]:
+    """Default-configured image stages, by name (unknown names raise ValueError)."""
+    unknown = [name for name in names if name not in IMAGE_STAGES]
+    if unknown:
+        known = ", ".join(sorted(IMAGE_STAGES)) or "none"
+        raise ValueError(f"unknown stage {unknown[0]!r} (image stages: {known})")
+    return [IMAGE_STAGES[name]() for name in names]
