@@ -136,6 +136,21 @@ TAGS = pa.schema(
 
 GRAPH_SHARD = "graph"  # the shard id of the single file of each graph table
 
+# --- concept_loss: the trainer's per-concept loss report (engine/s3dit, read by feedback) -----------
+
+# One file per report: feedback/<stage>/<step>.parquet (see engine.s3dit.concept_loss).
+CONCEPT_LOSS = pa.schema(
+    [
+        ("stage", pa.string()),  # the training stage (lowres, omni, sft, ...)
+        ("step", pa.int64()),  # the trainer's global step when the report was made
+        ("manifest", pa.string()),  # the manifest the batches came from (path or URI)
+        ("concept_id", pa.string()),  # a concept of the manifest's concept_ids; "" = samples without
+        ("samples", pa.int32()),  # draws carrying the concept since the previous report
+        ("loss_mean", pa.float32()),  # mean flow-matching loss of those draws
+        ("loss_std", pa.float32()),  # their standard deviation (0 for one draw)
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "signals": SIGNALS,
