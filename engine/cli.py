@@ -7,7 +7,6 @@ import io
 import json
 import os
 import sys
-from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -431,6 +430,8 @@ def train_embedder_command(
     (seconds), reports held-out retrieval, and writes a small heads-only safetensors file that
     'zcurate embed --model FILE' (or load_embedder(FILE)) uses.
     """
+    from dataclasses import asdict
+
     from engine.embed_train import TrainConfig, train_embedder
     from engine.source import SourceError
 

@@ -72,6 +72,7 @@ class Embedder:
     embed_dim: int
     model_id: str  # recorded with every embedding: architecture @ weights # content hash
     device: str = "cpu"
+    text_pad_id: int | None = None  # Hugging Face text towers mask padding, so it can be trimmed
 
     def preprocess_images(self, images: list) -> object:
         """PIL images -> one (n, 3, H, W) tensor in channels_last (the model's input)."""
@@ -104,7 +105,10 @@ class Embedder:
 
         if not texts:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts)).to(self.device)
+        tokens = self.tokenizer(list(texts))
+        if self.text_pad_id is not None:  # trailing padding is masked out: drop the all-padding columns
+            tokens = tokens[:, : max(1, int((tokens != self.text_pad_id).sum(dim=1).max()))]
+        tokens = tokens.to(self.device)
         with torch.inference_mode():
             x = self.model.encode_text(tokens, normalize=True)
         return x.float().cpu().numpy()
@@ -372,7 +376,9 @@ def finish_embedder(model, preprocess, tokenizer, model_id: str, device: str) ->
     if embed_dim is None:
         with torch.inference_mode():
             embed_dim = int(model.encode_text(tokenizer(["a"]).to(device)).shape[-1])
-    return Embedder(model, preprocess, tokenizer, embed_dim, model_id, str(device))
+    text = getattr(model, "text", None)
+    pad_id = text.config.pad_token_id if type(text).__name__ == "HFTextEncoder" else None
+    return Embedder(model, preprocess, tokenizer, embed_dim, model_id, str(device), pad_id)
 
 
 def load_embedder(name_or_path: str | None = None, device: str = "cpu") -> Embedder:
@@ -416,7 +422,7 @@ def save_local_dir(embedder: Embedder, folder: str | os.PathLike) -> str:
 # --- one shard's embeddings (the embed stage's work) ---------------------------------------------
 
 IMAGE_BATCH = 32  # images per forward: ~20 MB of pixels; larger batches gained nothing on 2 cores
-TEXT_BATCH = 256  # captions per text forward (32 tokens each: cheap)
+TEXT_BATCH = 64  # captions per text forward, sorted by length so that each batch trims its padding
 
 
 class ShardEmbedder:
@@ -461,11 +467,12 @@ class ShardEmbedder:
 
         self.flush()
         captions = [caption for _, _, caption in self.rows]
-        text = [
-            self.embedder.encode_texts(captions[i : i + TEXT_BATCH])
-            for i in range(0, len(captions), TEXT_BATCH)
-        ]
-        text_vecs = np.concatenate(text) if text else np.zeros((0, self.embedder.embed_dim), np.float32)
+        # Captions of similar length batched together: each batch trims its padding, so less work.
+        order = sorted(range(len(captions)), key=lambda i: (len(captions[i]), i))
+        text_vecs = np.zeros((len(captions), self.embedder.embed_dim), np.float32)
+        for start in range(0, len(order), TEXT_BATCH):
+            rows = order[start : start + TEXT_BATCH]
+            text_vecs[rows] = self.embedder.encode_texts([captions[i] for i in rows])
         image_vecs, scores = [], []
         for (_, image_id, _), text_vec in zip(self.rows, text_vecs, strict=True):
             vec = self.image_vecs[image_id]

@@ -298,13 +298,15 @@ def train_embedder(
         seconds_train=round(seconds_train, 1),
         rejected=rejected,
     )
-    metadata = {
+    provenance = {
         "architecture": embed.DEFAULT_ARCH,
         "data": "openclipart (Debian openclipart-png + openclipart-svg), usable pairs, image_id split",
         "data_sha256": data_sha256,
-        "train_config": json.dumps(asdict(config), sort_keys=True),
-        "heldout": json.dumps(asdict(trained), sort_keys=True),
+        "train_config": asdict(config),
+        "heldout": asdict(trained),
     }
+    # One metadata key: safetensors writes several in hash-map order, which changes run to run.
+    metadata = {"zcurate": json.dumps(provenance, sort_keys=True)}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     embed.save_heads(model, output, metadata)
     return result

@@ -98,3 +98,29 @@ def test_embed_command_errors_are_one_line(tmp_path):
     )
     assert result.returncode == 2 and "use ARCH@TAG" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["embed", "safety", "train-embedder"])
+def test_commands_show_an_example(command):
+    from typer.testing import CliRunner
+
+    from engine.cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"Example: zcurate {command}" in result.output
+
+
+def test_the_catalog_builds_before_and_after_the_first_embeddings_shard(tmp_path, embed_stage):
+    from engine.catalog import refresh_catalog
+
+    ws = Workspace(str(tmp_path / "ws")).create()
+    refresh_catalog(ws)  # no shards yet: empty float16 vector columns must still make a view
+    assert run_sql(ws, "SELECT * FROM embeddings").num_rows == 0
+    embed_stage.begin_shard()
+    _, image_id, caption, image = heldout_pairs(24)[0]
+    embed_stage.add(StageItem("s", image_id, caption, image))
+    ws.write_shard("embeddings", "x-0", embed_stage.finish_shard())
+    refresh_catalog(ws)
+    row = run_sql(ws, "SELECT len(image_vec) AS n, clip_score FROM embeddings").to_pylist()[0]
+    assert row["n"] == 256 and -1 <= row["clip_score"] <= 1
