@@ -17,6 +17,10 @@ Paddle-format models run on Paddle Inference with ``enable_mkldnn=False`` (oneDN
 issue prescribes for this CPU; no Paddle-format OCR model is installed here, so that path is
 exercised only by users who bring one).
 
+Both backends' CTC decoders are wrapped so that the word spaces PP-OCRv4's recogniser drops
+between Latin words ("salegarden") are put back from its own per-column output
+(``restore_spaces``, documented above it); CJK text is left as it is.
+
 Nothing is downloaded: PaddleX's model-source connectivity check is switched off, its cache goes
 to ``cache_dir`` (a temp directory), and ``$HOME`` points at ``cache_dir`` while paddle is imported
 and sessions are built (paddle and ONNX Runtime otherwise create ``~/.cache`` entries).

@@ -158,8 +158,11 @@ def write_ocr_shard(ws: Workspace) -> None:
     samples = ws.read_shard("samples", shard_id)
     texts = [None] * samples.num_rows
     texts[0], texts[1] = "COFFEE SHOP", "一二三"
-    ocr = pa.table({"sample_id": samples["sample_id"], "image_id": samples["image_id"], "ocr_text": texts})
-    ws.write_parquet(f"ocr/{shard_id}.parquet", ocr)
+    rows = [
+        {"sample_id": s, "image_id": i, "ocr_text": t}
+        for s, i, t in zip(samples["sample_id"].to_pylist(), samples["image_id"].to_pylist(), texts, strict=True)
+    ]
+    ws.write_shard("ocr", shard_id, pa.Table.from_pylist(rows, schema=schema.OCR))
 
 
 def make_tagged_workspace(root: str) -> tuple[Workspace, object]:
