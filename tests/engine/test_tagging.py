@@ -160,7 +160,9 @@ def write_ocr_shard(ws: Workspace) -> None:
     texts[0], texts[1] = "COFFEE SHOP", "一二三"
     rows = [
         {"sample_id": s, "image_id": i, "ocr_text": t}
-        for s, i, t in zip(samples["sample_id"].to_pylist(), samples["image_id"].to_pylist(), texts, strict=True)
+        for s, i, t in zip(
+            samples["sample_id"].to_pylist(), samples["image_id"].to_pylist(), texts, strict=True
+        )
     ]
     ws.write_shard("ocr", shard_id, pa.Table.from_pylist(rows, schema=schema.OCR))
 
