@@ -119,10 +119,6 @@ class ImageStage(Protocol):
         """One row per added sample, in the order they were added."""
 
 
-# name -> class; constructing a class with no arguments gives the embedded default.
-IMAGE_STAGES: dict[str, type] = {}
-
-
 def build_image_stages(names: list[str]) -> list[ImageStage]:
     """Default-configured image stages, by name (unknown names raise ValueError)."""
     unknown = [name for name in names if name not in IMAGE_STAGES]
@@ -132,7 +128,7 @@ def build_image_stages(names: list[str]) -> list[ImageStage]:
     return [IMAGE_STAGES[name]() for name in names]
 
 
-# --- embed and safety (issue 3): thin wrappers over engine.embed and engine.safety ---------------
+# --- embed and safety: thin wrappers over engine.embed and engine.safety -------------------------
 
 
 @dataclass
@@ -207,10 +203,6 @@ class SafetyStage:
         return self._shard.finish()
 
 
-IMAGE_STAGES["embed"] = EmbedStage
-IMAGE_STAGES["safety"] = SafetyStage
-
-
 @dataclass
 class OcrStage:
     """Decoded image + caption -> ``ocr`` row: lines, boxes, confidences, text signals.
@@ -258,4 +250,6 @@ class OcrStage:
         return pa.Table.from_pylist(self._rows, schema=self.schema)
 
 
-IMAGE_STAGES["ocr"] = OcrStage
+# name -> class; constructing a class with no arguments gives the embedded default. 'all' runs
+# them in this order.
+IMAGE_STAGES: dict[str, type] = {"ocr": OcrStage, "embed": EmbedStage, "safety": SafetyStage}
