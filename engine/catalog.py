@@ -8,6 +8,7 @@ clip_score, ...) joined in by sample_id, null where a stage has not run. Derived
 * ``sample_signals``: usable samples joined with their signals;
 * ``reject_reasons``: rejected samples counted by reason;
 * ``image_duplicates``: images that come with more than one usable caption (exact duplicates);
+* ``near_duplicates``: communities of table ``dedup`` (engine/dedup.py) with more than one sample;
 * ``zcurate_catalog``: the workspace root the views were made for; a reader that finds another
   root (the workspace was moved or copied) rebuilds the catalog.
 
@@ -42,6 +43,50 @@ DERIVED_VIEWS = {
         SELECT image_id, count(*) AS n_samples, list(sample_id ORDER BY sample_id) AS sample_ids
         FROM samples WHERE status = 'ok'
         GROUP BY image_id HAVING count(*) > 1""",
+    "near_duplicates": """
+        SELECT community_id, count(*) AS n_samples, list(sample_id ORDER BY sample_id) AS sample_ids,
+               max(nearest_sim) AS max_sim
+        FROM dedup GROUP BY community_id HAVING count(*) > 1""",
+    # --- concept graph (engine/graph.py, engine/tagging.py) ---
+    # Samples per concept: tagged directly (any source, and per source) and rolled up the is_a
+    # hierarchy (a lorikeet sample counts for parrot, bird, animal...), with the BM25 idf of the
+    # rolled-up count over the usable samples.
+    "concept_counts": """
+        WITH total AS (SELECT count(*) AS n FROM samples WHERE status = 'ok'),
+        direct AS (
+            SELECT concept_id, count(DISTINCT sample_id) AS n_direct,
+                count(DISTINCT sample_id) FILTER (WHERE source = 'caption') AS n_caption,
+                count(DISTINCT sample_id) FILTER (WHERE source = 'ocr') AS n_ocr,
+                count(DISTINCT sample_id) FILTER (WHERE source = 'clip') AS n_clip
+            FROM tags GROUP BY concept_id),
+        rolled AS (
+            SELECT a.ancestor_id AS concept_id, count(DISTINCT t.sample_id) AS n_rollup
+            FROM tags t JOIN concept_ancestors a USING (concept_id) GROUP BY a.ancestor_id)
+        SELECT c.concept_id, c.synset, c.depth, c.source,
+            coalesce(d.n_direct, 0) AS n_direct, coalesce(d.n_caption, 0) AS n_caption,
+            coalesce(d.n_ocr, 0) AS n_ocr, coalesce(d.n_clip, 0) AS n_clip,
+            coalesce(r.n_rollup, 0) AS n_rollup,
+            ln(1 + (total.n - coalesce(r.n_rollup, 0) + 0.5) / (coalesce(r.n_rollup, 0) + 0.5)) AS idf
+        FROM concepts c CROSS JOIN total
+        LEFT JOIN direct d USING (concept_id) LEFT JOIN rolled r USING (concept_id)""",
+    # BM25 per (sample, concept): a sample is a document whose terms are its tagged concepts
+    # (tf = matches over all sources), k1 = 1.2 and b = 0.75 (the usual BM25 constants).
+    "tag_rarity": """
+        WITH doc AS (SELECT sample_id, concept_id, sum(hits) AS tf FROM tags GROUP BY ALL),
+        lengths AS (SELECT sample_id, count(*) AS dl FROM doc GROUP BY sample_id),
+        mean AS (SELECT avg(dl) AS avgdl FROM lengths)
+        SELECT d.sample_id, d.concept_id, c.synset, d.tf, l.dl, c.n_rollup, c.idf,
+            c.idf * d.tf * (1.2 + 1) / (d.tf + 1.2 * (1 - 0.75 + 0.75 * l.dl / mean.avgdl)) AS bm25
+        FROM doc d JOIN lengths l USING (sample_id) CROSS JOIN mean
+        JOIN concept_counts c USING (concept_id)""",
+    # How many concepts at each depth have at least 1, 10, 100, 1000 samples (rolled up).
+    "concept_coverage": """
+        SELECT depth, count(*) AS concepts,
+            count(*) FILTER (WHERE n_rollup >= 1) AS with_1,
+            count(*) FILTER (WHERE n_rollup >= 10) AS with_10,
+            count(*) FILTER (WHERE n_rollup >= 100) AS with_100,
+            count(*) FILTER (WHERE n_rollup >= 1000) AS with_1000
+        FROM concept_counts GROUP BY depth ORDER BY depth""",
 }
 
 
@@ -49,22 +94,21 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _float16_as_float32(dtype: pa.DataType) -> pa.DataType:
-    if pa.types.is_float16(dtype):
-        return pa.float32()
-    if pa.types.is_fixed_size_list(dtype):
-        return pa.list_(_float16_as_float32(dtype.value_type), dtype.list_size)
-    return dtype
-
-
 def _table_relation(con: duckdb.DuckDBPyConnection, ws: Workspace, name: str) -> str:
     """SQL naming a table's rows: its shards through a glob, or an empty table with its columns."""
     if ws.list_shards(name):
         return f"read_parquet({_quote(ws.local_uri(name, '*.parquet'))}, union_by_name = true)"
-    # No shards yet: an empty table with the right columns, so queries still run. DuckDB reads
-    # float16 from Parquet (as FLOAT) but cannot take it from Arrow: use float32 in the empty table.
-    columns = [pa.field(f.name, _float16_as_float32(f.type)) for f in schema.TABLES[name]]
-    con.register("empty_arrow", pa.schema(columns).empty_table())
+    # No shards yet: an empty table with the right columns, so queries still run.
+    # DuckDB cannot scan Arrow float16 (the embeddings vectors): an empty table reads them as float32.
+    empty = pa.schema(
+        [
+            f.with_type(pa.list_(pa.float32(), f.type.list_size))
+            if pa.types.is_fixed_size_list(f.type) and pa.types.is_float16(f.type.value_type)
+            else f
+            for f in schema.TABLES[name]
+        ]
+    ).empty_table()
+    con.register("empty_arrow", empty)
     con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM empty_arrow")
     con.unregister("empty_arrow")
     return f"_empty_{name}"

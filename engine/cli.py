@@ -154,6 +154,10 @@ def print_summary(summary) -> None:
             for key, n in values.items():
                 view.add_row(key, str(n))
             out.print(view)
+    if summary.tagging:  # the concept tagging step (engine/tagging.py)
+        t = summary.tagging
+        sources = ", ".join(f"{k} {v}" for k, v in sorted(t.by_source.items())) or "none"
+        out.print(f"tags: {t.tags} ({sources}) on {t.tagged_samples} samples; {len(t.mined)} concepts mined")
     out.print(f"workspace: {summary.workspace}")
     if summary.catalog:
         out.print(f"catalog:   {summary.catalog}  (try: duckdb {summary.catalog})")
@@ -334,6 +338,61 @@ def demo(
     )
 
 
+@app.command(
+    epilog="Example: zcurate ocr --workspace ./ws  (then: zcurate sql "
+    "\"SELECT ocr_text, ocr_lang FROM signals WHERE ocr_text <> ''\" --workspace ./ws)"
+)
+def ocr(
+    workspace: WorkspaceOption,
+    ocr_backend: Annotated[
+        str | None, typer.Option(help="rapidocr or paddleocr (env ZCURATE_OCR_BACKEND; default rapidocr).")
+    ] = None,
+    ocr_det_model_dir: Annotated[
+        str | None,
+        typer.Option(help="PaddleOCR text detection model dir (default: the embedded PP-OCRv4)."),
+    ] = None,
+    ocr_rec_model_dir: Annotated[
+        str | None,
+        typer.Option(help="PaddleOCR text recognition model dir (default: the embedded PP-OCRv4)."),
+    ] = None,
+    ocr_cls_model_dir: Annotated[
+        str | None,
+        typer.Option(help="Text-line orientation model dir (default: the embedded PP-OCR v2.0 classifier)."),
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+) -> None:
+    """Read the text in every image of a curated workspace (only samples without OCR rows).
+
+    Writes the ocr table (ocr_text, ocr_lines, ocr_conf_mean, text_area_ratio, ocr_lang,
+    ocr_caption_overlap, has_watermark_text), also shown as columns of the signals view.
+    Models: ZCURATE_OCR_* variables or the options; nothing is downloaded.
+    """
+    from engine.ocr import OcrConfig, OcrModelError
+    from engine.workspace import Workspace
+    from pipelines.backfill import run_image_stage
+    from pipelines.stages import OcrStage
+
+    ws = Workspace(workspace)
+    if not ws.exists("samples"):
+        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    try:
+        config = OcrConfig.from_env(
+            backend=ocr_backend,
+            det_model_dir=ocr_det_model_dir,
+            rec_model_dir=ocr_rec_model_dir,
+            cls_model_dir=ocr_cls_model_dir,
+        )
+        stage = OcrStage(config)
+    except (OcrModelError, ValueError) as e:
+        fail(str(e))
+    summary = run_image_stage(ws, stage, num_cpus=num_cpus)
+    out.print(
+        f"ocr ({config.backend}): {summary.shards_run} of {summary.shards_total} shards run, "
+        f"{summary.rows} rows written in {summary.seconds:.1f} s"
+        + (f", {summary.changed} samples skipped (source file changed)" if summary.changed else "")
+    )
+
+
 @app.command(name="reasons", epilog="Example: zcurate reasons")
 def reasons() -> None:
     """List every reject reason and warning code, with what it means."""
@@ -446,6 +505,503 @@ def safety(
     from pipelines.stages import SafetyStage
 
     run_stage_command(SafetyStage(), workspace, num_cpus)
+
+
+# --- vector engine: index, search, dedup (engine/index.py, engine/dedup.py) ----------------------
+
+
+@app.command(name="index", epilog="Example: zcurate index --workspace ./ws --kind auto")
+def index_cmd(
+    workspace: WorkspaceOption,
+    kind: Annotated[str, typer.Option(help="auto (flat below --exact-max), flat, ivfpq or hnsw.")] = "auto",
+    exact_max: Annotated[int, typer.Option(help="auto: exact search below this many vectors.")] = 100_000,
+    nlist: Annotated[int | None, typer.Option(help="IVF cells (default 4*sqrt(n)).")] = None,
+    pq_m: Annotated[int | None, typer.Option(help="PQ sub-quantizers (default dim/8).")] = None,
+    nprobe: Annotated[int, typer.Option(help="IVF cells searched per query.")] = 16,
+    hnsw_m: Annotated[int, typer.Option(help="HNSW neighbours per node.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the training sample and k-means.")] = 0,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild from scratch instead of appending.")] = False,
+) -> None:
+    """Build (or extend with new embeddings shards) the image and text FAISS indexes.
+
+    Written to WS/index/: <modality>.faiss, its id map and a JSON with the model id and params.
+    """
+    from engine.index import IndexConfig, VectorIndexError, build_index
+    from engine.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.list_shards("embeddings"):
+        fail(f"{workspace} has no embeddings: run 'zcurate embed --workspace {workspace}' first")
+    config = IndexConfig(
+        kind=kind, exact_max=exact_max, nlist=nlist, pq_m=pq_m, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed
+    )
+    for modality in ("image", "text"):
+        try:
+            meta = build_index(ws, modality, config, rebuild=rebuild)
+        except VectorIndexError as e:
+            fail(str(e))
+        if meta is None:
+            out.print(f"{modality}: no vectors")
+        else:
+            out.print(
+                f"{modality}: {meta.kind} index of {meta.ntotal} vectors ({meta.dim}-d, {meta.model_id})"
+            )
+
+
+@app.command(
+    epilog='Example: zcurate search --workspace ./ws --text "a red bicycle" -k 5   '
+    "(or --image photo.png [--target text])"
+)
+def search(
+    workspace: WorkspaceOption,
+    text: Annotated[str | None, typer.Option(help="Text query (text->image).")] = None,
+    image: Annotated[Path | None, typer.Option(help="Image file query (image->image).")] = None,
+    target: Annotated[str, typer.Option(help="Index to search: image or text.")] = "image",
+    k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
+    model: Annotated[
+        str | None, typer.Option(help="Embedder spec; default: the embedded default model.")
+    ] = None,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+) -> None:
+    """Search the workspace's FAISS indexes with a text or an image (text->image, image->image,
+    image->text with --target text)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from engine.embed import EmbedderError, load_embedder
+    from engine.index import VectorIndexError, read_meta, search_samples
+    from engine.ingest import to_rgb
+    from engine.workspace import Workspace
+
+    if (text is None) == (image is None):
+        fail("give exactly one of --text or --image")
+    if target not in ("image", "text"):
+        fail("--target must be image or text")
+    if k < 1:
+        fail("-k must be positive")
+    ws = Workspace(workspace)
+    meta = read_meta(ws, target)
+    if meta is None:
+        fail(f"no {target} index in {workspace}: run 'zcurate index --workspace {workspace}' first")
+    try:
+        embedder = load_embedder(model)
+    except EmbedderError as e:
+        fail(str(e))
+    if embedder.model_id != meta["model_id"]:
+        fail(
+            f"the index holds {meta['model_id']} vectors but the query model is "
+            f"{embedder.model_id}: pass --model"
+        )
+    if text is not None:
+        if not text.strip():
+            fail("--text is empty")
+        query = embedder.encode_texts([text])[0]
+    else:
+        try:
+            with Image.open(image) as im:
+                im.load()
+                picture, _ = to_rgb(im)
+        except (OSError, UnidentifiedImageError) as e:
+            fail(f"cannot read image {image}: {e}")
+        query = embedder.encode_images([picture])[0]
+    try:
+        table = search_samples(ws, query, target, k)
+    except VectorIndexError as e:
+        fail(str(e))
+    write_result(table, format, output)
+
+
+@app.command(epilog="Example: zcurate dedup --workspace ./ws --threshold 0.9 --phash-distance 4")
+def dedup(
+    workspace: WorkspaceOption,
+    threshold: Annotated[
+        float, typer.Option(help="Image cosine at or above which images are near-duplicates.")
+    ] = 0.90,
+    phash_distance: Annotated[
+        int, typer.Option(help="pHash Hamming distance for exact duplicates; -1: off.")
+    ] = 4,
+    k: Annotated[int, typer.Option("-k", help="Neighbours per image in the k-NN graph.")] = 16,
+    method: Annotated[str, typer.Option(help="Community detection: louvain or leiden.")] = "louvain",
+    seed: Annotated[int, typer.Option(help="Seed of the community detection.")] = 0,
+) -> None:
+    """Find near-duplicate communities (k-NN graph over the image index + pHash) and mark one
+    representative each: table dedup, view near_duplicates."""
+    from engine.catalog import refresh_catalog
+    from engine.dedup import DedupConfig, dedup_workspace
+    from engine.index import VectorIndexError
+    from engine.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.list_shards("signals"):
+        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    if not -1 <= threshold <= 1 or method not in ("louvain", "leiden") or k < 1:
+        fail("--threshold must be in [-1, 1], --method louvain or leiden, -k positive")
+    config = DedupConfig(threshold=threshold, phash_distance=phash_distance, k=k, method=method, seed=seed)
+    try:
+        summary = dedup_workspace(ws, config)
+    except (VectorIndexError, ValueError) as e:
+        fail(str(e))
+    refresh_catalog(ws)
+    out.print(
+        f"{summary.samples} samples · {summary.communities} duplicate communities · "
+        f"{summary.duplicates} duplicates (not representatives) · pairs: {summary.semantic_pairs} semantic, "
+        f"{summary.phash_pairs} pHash"
+    )
+
+
+# --- concept graph and tagging (engine/graph.py, engine/tagging.py) ------------------------------
+
+graph_app = typer.Typer(
+    help="The concept graph (WordNet nouns + concepts mined from captions): build it, look around it.",
+    no_args_is_help=True,
+    epilog="Example: zcurate graph show lorikeet.n.01 --workspace ./ws",
+)
+app.add_typer(graph_app, name="graph")
+
+
+def _graph_workspace(workspace: str):
+    from engine.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.list_shards("concepts"):
+        fail(f"{workspace} has no concept graph yet: run 'zcurate tag --workspace {workspace}' first")
+    return ws
+
+
+@app.command(epilog="Example: zcurate tag --workspace ./ws")
+def tag(
+    workspace: WorkspaceOption,
+    min_mined: Annotated[
+        int, typer.Option(help="Samples a caption word WordNet lacks needs to become a concept.")
+    ] = 5,
+    clip: Annotated[
+        bool, typer.Option(help="CLIP zero-shot tags from the embeddings table (when it exists).")
+    ] = True,
+    embedder: Annotated[
+        str | None, typer.Option(help="The embedder spec that made the embeddings (as for 'zcurate embed').")
+    ] = None,
+) -> None:
+    """Tag every usable sample with concepts (caption and OCR text) and rebuild the workspace graph.
+
+    Also runs at the end of 'zcurate curate'. Writes the tags table and the concepts,
+    concept_edges and concept_ancestors tables; see the concept_counts, tag_rarity and
+    concept_coverage views.
+    """
+    from engine.catalog import refresh_catalog
+    from engine.tagging import TagConfig, tag_workspace
+    from engine.workspace import Workspace
+
+    ws = Workspace(workspace)
+    if not ws.list_shards("samples"):
+        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    if min_mined < 1:
+        fail("--min-mined must be positive")
+    summary = tag_workspace(ws, config=TagConfig(min_mined_samples=min_mined, clip=clip, embedder=embedder))
+    refresh_catalog(ws)
+    out.print(
+        f"tagged {summary.tagged_samples} of {summary.samples} samples: {summary.tags} tags "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(summary.by_source.items())) or 'none'}); "
+        f"graph {summary.concepts} concepts, {len(summary.mined)} mined from captions "
+        f"({summary.attach_method or 'none'}); {summary.seconds:.1f} s"
+    )
+    if summary.clip_skipped:
+        out.print(f"clip zero-shot: not run ({summary.clip_skipped})")
+    else:
+        out.print(
+            f"clip zero-shot: threshold {summary.clip_threshold:.3f} (calibrated: precision "
+            f"{summary.clip_precision:.2f}, recall {summary.clip_recall:.2f} against the text tags)"
+        )
+
+
+@graph_app.command("build", epilog="Example: zcurate graph build --workspace ./ws")
+def graph_build(
+    workspace: Annotated[
+        str | None,
+        typer.Option(
+            "--workspace", "-w", envvar="ZCURATE_WORKSPACE", help="Rebuild this workspace's graph tables."
+        ),
+    ] = None,
+) -> None:
+    """Load and prune the WordNet graph; with --workspace, rewrite that workspace's graph tables.
+
+    Without a workspace it prints the base graph's size and build time. With one, it re-prunes
+    with PageRank weighted by the workspace's tag counts (no retagging).
+    """
+    import time
+
+    from engine.graph import GraphConfig, load_graph, load_workspace_graph, prune_graph, write_workspace_graph
+
+    started = time.perf_counter()
+    if workspace is None:
+        graph = load_graph()
+        loaded = time.perf_counter()
+        pruned = prune_graph(graph, GraphConfig())
+        out.print(
+            f"WordNet graph: {graph.number_of_nodes()} concepts, {graph.number_of_edges()} edges "
+            f"(loaded in {loaded - started:.1f} s); kept {len(pruned.kept)} after pruning "
+            f"({len(pruned.visual)} visual) in {time.perf_counter() - loaded:.1f} s"
+        )
+        return
+    from engine.catalog import refresh_catalog
+
+    ws = _graph_workspace(workspace)
+    n = write_workspace_graph(ws, load_workspace_graph(ws), GraphConfig())
+    refresh_catalog(ws)
+    out.print(f"wrote {n} concepts to {workspace} in {time.perf_counter() - started:.1f} s")
+
+
+@graph_app.command("show", epilog="Example: zcurate graph show lorikeet.n.01 --workspace ./ws")
+def graph_show(
+    concept: Annotated[str, typer.Argument(help="A synset name (bird.n.01) or a concept id.")],
+    workspace: WorkspaceOption,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table or json.")
+    ] = OutputFormat.table,
+) -> None:
+    """A concept's neighbourhood: parents, children, siblings, parts, with sample counts."""
+    from engine.graph import concept_neighbourhood
+
+    ws = _graph_workspace(workspace)
+    try:
+        result = concept_neighbourhood(ws, concept)
+    except ValueError as e:
+        fail(str(e))
+    if format is OutputFormat.json:
+        sys.stdout.write(json.dumps(result, default=str, ensure_ascii=False, indent=1) + "\n")
+        return
+    columns = ["synset", "depth", "source", "n_direct", "n_rollup", "gloss"]
+    print_table(pa.Table.from_pylist([result["concept"]]).select(["concept_id", *columns]), "concept")
+    for key in ("parents", "children", "siblings", "parts", "wholes"):
+        if result[key]:
+            rows = pa.Table.from_pylist(result[key]).select(columns)
+            print_table(rows, key, max_rows=30)
+
+
+@graph_app.command("samples", epilog="Example: zcurate graph samples bird.n.01 --workspace ./ws --limit 20")
+def graph_samples(
+    concept: Annotated[str, typer.Argument(help="A synset name (bird.n.01) or a concept id.")],
+    workspace: WorkspaceOption,
+    limit: Annotated[int, typer.Option(help="At most this many samples.")] = 50,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+) -> None:
+    """Samples tagged with a concept or anything below it (a lorikeet counts for bird.n.01)."""
+    from engine.graph import subtree_samples
+
+    ws = _graph_workspace(workspace)
+    try:
+        table = subtree_samples(ws, concept, limit=limit)
+    except ValueError as e:
+        fail(str(e))
+    write_result(table, format, output, title=f"samples under {concept}")
+
+
+@graph_app.command("gaps", epilog="Example: zcurate graph gaps --workspace ./ws --depth 6 --top 15")
+def graph_gaps(
+    workspace: WorkspaceOption,
+    depth: Annotated[int, typer.Option(help="Compare the concepts at this depth (uniform prior).")] = 6,
+    prior: Annotated[
+        Path | None, typer.Option(help="JSON file {synset: weight} to compare against instead.")
+    ] = None,
+    top: Annotated[int, typer.Option(help="Show this many at each end.")] = 15,
+    format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write every row here.")] = None,
+) -> None:
+    """The most over- and under-represented concepts relative to a target prior."""
+    from engine.graph import representation_gaps
+
+    ws = _graph_workspace(workspace)
+    weights = None
+    if prior is not None:
+        try:
+            weights = json.loads(prior.read_text(encoding="utf-8"))
+            if not isinstance(weights, dict) or not weights:
+                raise ValueError("expected a non-empty JSON object {synset: weight}")
+        except (OSError, ValueError) as e:
+            fail(f"--prior {prior}: {e}")
+    try:
+        table = representation_gaps(ws, weights, depth)
+    except ValueError as e:
+        fail(str(e))
+    if format is not OutputFormat.table or output is not None:
+        write_result(table, format, output)
+        return
+    print_table(table.slice(0, top), "most over-represented")
+    print_table(table.slice(max(0, table.num_rows - top)), "most under-represented")
+
+
+# --- S3-DiT trainer and sampler (engine/s3dit) ----------------------------------------------------
+
+
+def _stage_manifests(ws_root: str, stages: list[str], given: list[str]) -> dict[str, str]:
+    """stage -> manifest: 'stage=PATH' pairs, a bare PATH for a single stage, else the workspace's
+    manifests/<stage> folder (a PATH may be a folder too: its newest manifest, followed)."""
+    manifests: dict[str, str] = {}
+    for item in given:
+        stage, sep, path = item.partition("=")
+        if not sep:
+            if len(stages) != 1:
+                fail(f"--manifest {item}: with several stages write STAGE=PATH")
+            stage, path = stages[0], item
+        if stage not in stages:
+            fail(f"--manifest {item}: {stage!r} is not one of --stages {','.join(stages)}")
+        manifests[stage] = path
+    for stage in stages:
+        if stage not in manifests:
+            folder = Path(ws_root) / "manifests" / stage
+            if not any(folder.glob("*.parquet")):
+                fail(
+                    f"no manifest for stage {stage!r}: pass --manifest {stage}=PATH or build one in {folder}"
+                )
+            manifests[stage] = str(folder)  # the trainer takes the newest and follows new ones
+    return manifests
+
+
+@app.command(
+    epilog="Example: zcurate train --workspace ./ws --stages lowres --manifest lowres.parquet "
+    "--preset S3DiT-T/4 --steps 300 --batch-size 16"
+)
+def train(
+    workspace: WorkspaceOption,
+    stages: Annotated[str, typer.Option(help="Stages in training order, comma-separated.")] = "lowres",
+    manifest: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="STAGE=PATH (repeat per stage), or PATH for one stage. "
+            "Default: the newest in WS/manifests/STAGE."
+        ),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Model preset (S3DiT-T/4 ... S3DiT-6B/2).")] = "S3DiT-XS/2",
+    steps: Annotated[int, typer.Option(help="Optimizer steps per stage.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
+    schedule: Annotated[str, typer.Option(help="cosine or constant (after warm-up).")] = "cosine",
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling order, noise and timesteps.")] = 0,
+    epoch_size: Annotated[int | None, typer.Option(help="Draws per epoch (default: every row).")] = None,
+    repeat_cap: Annotated[int | None, typer.Option(help="Most draws of one row per stage.")] = None,
+    text_encoder: Annotated[
+        str | None, typer.Option(help="Local HF model folder (default: the embedded MiniLM-L6).")
+    ] = None,
+    text_layer: Annotated[
+        int | None, typer.Option(help="Hidden-state index (default -1 MiniLM, -2 other).")
+    ] = None,
+    vae: Annotated[
+        str | None, typer.Option(help="Local diffusers AutoencoderKL folder (default: pixels).")
+    ] = None,
+    feedback_every: Annotated[int, typer.Option(help="Steps between per-concept loss reports.")] = 100,
+    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
+    log: Annotated[str, typer.Option(help="csv or tensorboard.")] = "csv",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    run_name: Annotated[str, typer.Option(help="Run folder: WS/train/RUN_NAME.")] = "s3dit",
+) -> None:
+    """Train the bundled S3-DiT on the workspace's stage manifests, stage after stage.
+
+    Checkpoints go to WS/train/RUN_NAME/checkpoints (latest.pt, STAGE.pt), the log to log.csv,
+    per-concept loss reports to WS/feedback/STAGE/STEP.parquet. Run the same command again to
+    resume a stopped run exactly.
+    """
+    from engine.s3dit.data import ManifestError
+    from engine.s3dit.model import S3DiT_models
+    from engine.s3dit.train import TrainConfig, main
+    from engine.workspace import Workspace
+
+    stage_list = [s.strip() for s in stages.split(",") if s.strip()]
+    if not stage_list:
+        fail("--stages names no stage")
+    if preset not in S3DiT_models:
+        fail(f"unknown preset {preset!r}; choose one of {', '.join(S3DiT_models)}")
+    if schedule not in ("cosine", "constant") or log not in ("csv", "tensorboard"):
+        fail("--schedule is cosine or constant; --log is csv or tensorboard")
+    if min(steps, batch_size, feedback_every, checkpoint_every) < 1 or warmup < 0 or lr <= 0:
+        fail("--steps, --batch-size, --feedback-every, --checkpoint-every and --lr must be positive")
+    ws = Workspace(workspace)
+    if not ws.is_local:
+        fail("training writes checkpoints with torch.save: use a local workspace directory")
+    cfg = TrainConfig(
+        workspace=ws.root,
+        stages=stage_list,
+        manifests=_stage_manifests(ws.root, stage_list, manifest or []),
+        preset=preset,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        schedule=schedule,
+        warmup=warmup,
+        seed=seed,
+        epoch_size=epoch_size,
+        repeat_cap=repeat_cap,
+        text_encoder=text_encoder,
+        text_layer=text_layer,
+        vae=vae,
+        feedback_every=feedback_every,
+        checkpoint_every=checkpoint_every,
+        log=log,
+        device=device,
+        run_name=run_name,
+    )
+    try:
+        summary = main(cfg)
+    except (ManifestError, ValueError, OSError) as e:
+        fail(str(e).splitlines()[0])
+    for stage, losses in summary["losses"].items():
+        tail = losses[-min(len(losses), 50) :]
+        out.print(
+            f"{stage}: {len(losses)} steps, loss {losses[0]:.4f} -> {sum(tail) / len(tail):.4f} (last 50)"
+        )
+    if summary["skipped"]:
+        out.print(f"skipped {len(summary['skipped'])} draws whose image could not be read")
+    out.print(f"checkpoint: {summary['checkpoint']}")
+    out.print(f"feedback:   {len(summary['feedback'])} reports in {ws.path('feedback')}")
+    for path in summary["refreshed"]:
+        out.print(f"followed a newer manifest: {path}")
+
+
+@app.command(
+    epilog='Example: zcurate sample --checkpoint ws/train/s3dit/checkpoints/latest.pt --prompt "a red car" '
+    "--steps 8 --cfg 4 --seed 0 --out grid.png"
+)
+def sample(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by zcurate train.")],
+    prompt: Annotated[list[str], typer.Option(help="A prompt (repeat for several).")],
+    out_path: Annotated[Path, typer.Option("--out", help="PNG grid to write.")] = Path("grid.png"),
+    steps: Annotated[int, typer.Option(help="Euler steps.")] = 8,
+    cfg: Annotated[float, typer.Option(help="Guidance scale (0: none).")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    per_prompt: Annotated[int, typer.Option(help="Images per prompt (a grid row each).")] = 4,
+    height: Annotated[int | None, typer.Option(help="Image height (default: the training bucket).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (default: the training bucket).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    raw: Annotated[bool, typer.Option(help="Use the raw weights instead of the EMA.")] = False,
+) -> None:
+    """Generate images from a trained checkpoint: one grid row per prompt."""
+    from engine.s3dit.data import to_image
+    from engine.s3dit.train import load_for_sampling, pick_device, sample_images
+
+    if not checkpoint.is_file():
+        fail(f"checkpoint {checkpoint} does not exist")
+    if steps < 1 or per_prompt < 1:
+        fail("--steps and --per-prompt must be positive")
+    loaded = load_for_sampling(str(checkpoint), str(pick_device(device)), use_ema=not raw)
+    h, w = height or loaded["image_size"][0], width or loaded["image_size"][1]
+    multiple = loaded["latents"].factor * loaded["model"].config.patch_size
+    if h % multiple or w % multiple:
+        fail(f"--height and --width must be multiples of {multiple}")
+    prompts = [p for p in prompt for _ in range(per_prompt)]
+    images = sample_images(loaded, prompts, steps, cfg, seed, h, w)  # (N, 3, H, W)
+    grid = (
+        images.reshape(len(prompt), per_prompt, 3, h, w)
+        .permute(2, 0, 3, 1, 4)
+        .reshape(3, len(prompt) * h, -1)
+    )
+    to_image(grid).save(out_path)
+    out.print(f"wrote {out_path} ({len(prompt)} x {per_prompt} images of {w}x{h}, {steps} steps, cfg {cfg})")
 
 
 if __name__ == "__main__":

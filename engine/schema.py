@@ -90,9 +90,74 @@ SIGNALS = pa.schema(
     ]
 )
 
+# --- the concept graph and tags (engine/graph.py, engine/tagging.py) -----------------------------
+
+# The workspace's graph: the pruned WordNet base plus concepts mined from its captions. One file
+# per table (shard id "graph"), rewritten by `zcurate tag` / `zcurate graph build`.
+CONCEPTS = pa.schema(
+    [
+        ("concept_id", pa.int64()),  # WordNet: the synset's offset in data.noun; mined: >= 2**40
+        ("synset", pa.string()),  # nltk-style name, e.g. lorikeet.n.01; mined terms: clipart.x.01
+        ("lemmas", pa.list_(pa.string())),  # WordNet lemma names (underscores for spaces)
+        ("gloss", pa.string()),  # WordNet's definition; for mined terms, how they were attached
+        ("depth", pa.int16()),  # fewest is_a/instance_of steps up to entity.n.01
+        ("source", pa.string()),  # wordnet | caption (mined from this workspace's captions)
+        ("lexname", pa.string()),  # WordNet lexicographer file, e.g. noun.animal
+        ("pagerank", pa.float32()),  # N * PageRank, co-occurrence weighted (1.0 = uniform)
+    ]
+)
+
+CONCEPT_EDGES = pa.schema(
+    [
+        ("parent_id", pa.int64()),
+        ("child_id", pa.int64()),
+        ("kind", pa.string()),  # is_a | instance_of | part_of
+    ]
+)
+
+CONCEPT_ANCESTORS = pa.schema(
+    [
+        ("concept_id", pa.int64()),
+        ("ancestor_id", pa.int64()),  # via is_a/instance_of; the concept itself at distance 0
+        ("distance", pa.int16()),  # fewest steps
+    ]
+)
+
+TAGS = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("concept_id", pa.int64()),
+        ("source", pa.string()),  # caption | ocr | clip
+        ("score", pa.float32()),  # text: share of the sense scores (1.0 unambiguous); clip: cosine
+        ("hits", pa.int16()),  # times the concept matched in that text (1 for clip)
+        ("span", pa.string()),  # the matched words (normalised); null for clip
+    ]
+)
+
+GRAPH_SHARD = "graph"  # the shard id of the single file of each graph table
+
+# --- concept_loss: the trainer's per-concept loss report (engine/s3dit, read by feedback) -----------
+
+# One file per report: feedback/<stage>/<step>.parquet (see engine.s3dit.concept_loss).
+CONCEPT_LOSS = pa.schema(
+    [
+        ("stage", pa.string()),  # the training stage (lowres, omni, sft, ...)
+        ("step", pa.int64()),  # the trainer's global step when the report was made
+        ("manifest", pa.string()),  # the manifest the batches came from (path or URI)
+        ("concept_id", pa.string()),  # a concept of the manifest's concept_ids; "" = samples without
+        ("samples", pa.int32()),  # draws carrying the concept since the previous report
+        ("loss_mean", pa.float32()),  # mean flow-matching loss of those draws
+        ("loss_std", pa.float32()),  # their standard deviation (0 for one draw)
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "signals": SIGNALS,
+    "concepts": CONCEPTS,
+    "concept_edges": CONCEPT_EDGES,
+    "concept_ancestors": CONCEPT_ANCESTORS,
+    "tags": TAGS,
 }
 
 # Columns of other tables that the catalog's ``signals`` view joins in by sample_id, so a user sees
@@ -133,3 +198,43 @@ TABLES["embeddings"] = EMBEDDINGS
 TABLES["safety"] = SAFETY
 SIGNAL_COLUMNS["embeddings"] = ("clip_score",)
 SIGNAL_COLUMNS["safety"] = ("nsfw_score",)
+
+# --- dedup: near-duplicate communities (engine/dedup.py), one global shard "all" ----------------
+
+DEDUP = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("community_id", pa.string()),  # sample_id of the community's representative (itself if alone)
+        ("is_representative", pa.bool_()),  # the one sample of its community a recipe keeps
+        ("nearest_id", pa.string()),  # the most similar other image (image cosine), null without index
+        ("nearest_sim", pa.float32()),  # that exact cosine
+    ]
+)
+TABLES["dedup"] = DEDUP
+# --- ocr: the text in each usable pair's image (engine/ocr.py; the ocr image stage) ---------------
+# A row with null ocr_text is an image the OCR failed on; an image without text has ocr_text "".
+
+OCR_LINE = pa.struct(
+    [
+        ("text", pa.string()),
+        ("confidence", pa.float32()),  # recognition score, 0..1
+        ("box", pa.list_(pa.list_(pa.float32(), 2), 4)),  # 4 corners [x, y] in image pixels, clockwise
+    ]
+)
+
+OCR = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_id", pa.string()),
+        ("ocr_text", pa.string()),  # lines in reading order, joined by "\n"; "" when no text
+        ("ocr_lines", pa.list_(OCR_LINE)),  # in reading order
+        ("ocr_conf_mean", pa.float32()),  # mean line confidence; null without lines
+        ("text_area_ratio", pa.float32()),  # area of the union of line boxes / image area
+        ("ocr_lang", pa.string()),  # en | zh | mixed | none
+        ("ocr_caption_overlap", pa.float32()),  # share of OCR characters the caption has; null without text
+        ("has_watermark_text", pa.bool_()),  # a small credit/URL/stock-agency line (engine.ocr heuristic)
+    ]
+)
+
+TABLES["ocr"] = OCR
+SIGNAL_COLUMNS["ocr"] = tuple(OCR.names[2:])

@@ -9,7 +9,9 @@ Top to bottom:
             table, then ``samples``, each atomically (a ``samples`` file is the mark of a
             finished shard).
 3. finalize ``mark_duplicate_rows`` rejects repeated (image, caption) pairs across shards.
-4. catalog  ``engine.catalog.refresh_catalog`` rebuilds the DuckDB views.
+4. tag      ``engine.tagging.tag_workspace`` tags every usable sample with graph concepts
+            (a global step: concepts mined from captions need all of them).
+5. catalog  ``engine.catalog.refresh_catalog`` rebuilds the DuckDB views.
 
 Kill it at any point and run it again: finished shards are skipped, unfinished ones redone,
 and finalize is idempotent, so the result has every record exactly once.
@@ -21,12 +23,14 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import schema
 from engine.catalog import refresh_catalog
+from engine.dedup import index_and_dedup
 from engine.ingest import IngestConfig, find_duplicate_rows, make_rejected_id
 from engine.plan import ShardPlan, plan_source, read_shard_rows, save_source_config
 from engine.source import Source
@@ -34,6 +38,9 @@ from engine.workspace import Workspace
 from pipelines.backfill import run_image_stage
 from pipelines.runtime import map_shards, ray_session
 from pipelines.stages import ImageStage, IngestStage, ProfileStage, StageItem
+
+if TYPE_CHECKING:
+    from engine.tagging import TagSummary
 
 DEFAULT_SHARD_SIZE = 256  # records: ~3 s of work per shard on one core for openclipart (64 records
 # took ~0.8 s in bench/), so a killed job loses little; a 1M-pair source is ~4k shards
@@ -58,6 +65,7 @@ class CurateSummary:
     records_run: int = 0  # records in the shards this run worked on
     work_span_s: float = 0.0  # first shard started -> last shard finished (no start-up, no finalize)
     shard_busy_s: float = 0.0  # sum of shard task times over all workers
+    tagging: TagSummary | None = None  # what the tagging step did (None: skipped or up to date)
 
 
 class CurateShard:
@@ -211,6 +219,21 @@ def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) 
     )
 
 
+def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[ImageStage]) -> TagSummary | None:
+    """Tag the workspace unless its tags are up to date or the graph extra is not installed.
+
+    CLIP zero-shot tags use the embed stage's model, so they match the stored image vectors.
+    """
+    try:
+        from engine.tagging import TagConfig, tag_workspace, tags_up_to_date
+    except ImportError:  # networkx comes with the [all] extra; a core install curates without tags
+        return None
+    if tags_up_to_date(ws):
+        return None
+    model = next((getattr(s, "model", None) for s in image_stages if s.name == "embed"), None)
+    return tag_workspace(ws, config=TagConfig(embedder=model), progress=progress)
+
+
 def run_curate(
     source: Source,
     ws: Workspace,
@@ -220,6 +243,7 @@ def run_curate(
     num_cpus: int | None = None,
     progress: bool | None = None,
     image_stages: list[ImageStage] = (),
+    tag: bool = True,
 ) -> CurateSummary:
     """Ingest and profile ``source`` into ``ws`` (resuming whatever a killed run left).
 
@@ -229,6 +253,8 @@ def run_curate(
             ``pipelines.backfill.run_image_stage``; nothing else of theirs is redone.
         num_cpus: CPUs of the local Ray this job starts (ignored when RAY_ADDRESS is set).
         progress: draw a progress bar (default: when stderr is a terminal).
+        tag: tag every usable sample with graph concepts at the end (``engine.tagging``; skipped
+            when the tags are newer than every shard).
     """
     config = config or IngestConfig()
     ws.create()
@@ -263,5 +289,8 @@ def run_curate(
         summary.records_run = sum(f["samples"] for f in finished)
         summary.work_span_s = max(f["finished"] for f in finished) - min(f["started"] for f in finished)
         summary.shard_busy_s = sum(f["finished"] - f["started"] for f in finished)
+    index_and_dedup(ws)  # vector engine's global steps: FAISS indexes + dedup, when embeddings exist
+    if tag:  # a global step: the graph grows with all the captions
+        summary.tagging = run_tagging(ws, progress, list(image_stages))
     summary.catalog = refresh_catalog(ws)
     return summary

@@ -15,6 +15,7 @@ Two kinds:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -23,6 +24,7 @@ from PIL import Image
 
 from engine import schema
 from engine.ingest import IngestConfig, IngestResult, ingest_record
+from engine.ocr import OcrConfig, OcrResult, check_config, load_ocr, ocr_signals, read_image
 from engine.profile import detect_language, profile_caption, profile_image
 from engine.source import RawRecord
 
@@ -117,10 +119,6 @@ class ImageStage(Protocol):
         """One row per added sample, in the order they were added."""
 
 
-# name -> class; constructing a class with no arguments gives the embedded default.
-IMAGE_STAGES: dict[str, type] = {}
-
-
 def build_image_stages(names: list[str]) -> list[ImageStage]:
     """Default-configured image stages, by name (unknown names raise ValueError)."""
     unknown = [name for name in names if name not in IMAGE_STAGES]
@@ -130,7 +128,7 @@ def build_image_stages(names: list[str]) -> list[ImageStage]:
     return [IMAGE_STAGES[name]() for name in names]
 
 
-# --- embed and safety (issue 3): thin wrappers over engine.embed and engine.safety ---------------
+# --- embed and safety: thin wrappers over engine.embed and engine.safety -------------------------
 
 
 @dataclass
@@ -205,5 +203,53 @@ class SafetyStage:
         return self._shard.finish()
 
 
-IMAGE_STAGES["embed"] = EmbedStage
-IMAGE_STAGES["safety"] = SafetyStage
+@dataclass
+class OcrStage:
+    """Decoded image + caption -> ``ocr`` row: lines, boxes, confidences, text signals.
+
+    The image is read once per ``image_id`` in a shard; each caption gets its own overlap.
+    An image the OCR fails on gets a row of nulls (the shard goes on).
+    """
+
+    config: OcrConfig = field(default_factory=OcrConfig.from_env)
+    name: str = "ocr"
+    table: str = "ocr"
+    reads: tuple[str, ...] = ("decoded image", "caption")
+    writes: tuple[str, ...] = schema.SIGNAL_COLUMNS["ocr"]
+    schema: pa.Schema = schema.OCR  # (after writes: from here on `schema` is this field in the class body)
+    num_cpus: float = 1
+    num_gpus: float = 0
+    _ocr: object = field(default=None, repr=False)
+    _rows: list[dict] = field(default_factory=list, repr=False)
+    _read: dict[str, OcrResult | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        check_config(self.config)  # a wrong model dir is a one-line error before any work starts
+
+    def setup(self) -> None:
+        if self._ocr is None:
+            self._ocr = load_ocr(self.config)
+
+    def begin_shard(self) -> None:
+        self._rows, self._read = [], {}
+
+    def add(self, item: StageItem) -> None:
+        row = {"sample_id": item.sample_id, "image_id": item.image_id}
+        if item.image_id not in self._read:
+            try:
+                self._read[item.image_id] = read_image(self._ocr, item.image, self.config.max_side)
+            except Exception:  # one image that breaks the OCR must not fail the shard: nulls
+                self._read[item.image_id] = None
+        result = self._read[item.image_id]
+        if result is not None:
+            with contextlib.suppress(Exception):  # a degenerate box must not fail the shard either
+                row.update(ocr_signals(result, item.caption))
+        self._rows.append(row)
+
+    def finish_shard(self) -> pa.Table:
+        return pa.Table.from_pylist(self._rows, schema=self.schema)
+
+
+# name -> class; constructing a class with no arguments gives the embedded default. 'all' runs
+# them in this order.
+IMAGE_STAGES: dict[str, type] = {"ocr": OcrStage, "embed": EmbedStage, "safety": SafetyStage}

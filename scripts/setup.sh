@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: WordNet (concept graph), openclipart (demo and test data), CJK fonts (OCR tests).
-APT_PACKAGES=(wordnet-base openclipart-png openclipart-svg fonts-noto-cjk fonts-wqy-microhei make)
+APT_PACKAGES=(wordnet-base openclipart-png openclipart-svg fonts-noto-cjk fonts-wqy-microhei fonts-dejavu-core fontconfig make)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
