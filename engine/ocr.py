@@ -227,12 +227,16 @@ def prepare_model_dirs(cache_dir: str) -> dict[str, Path]:
         onnx_path = source / file_name
         if not onnx_path.is_file():
             raise OcrModelError(f"embedded OCR model {onnx_path} is missing: reinstall rapidocr-onnxruntime")
-        stat = onnx_path.stat()
-        target = Path(cache_dir) / "models" / f"{model_name}-{stat.st_size}"
+        # One directory per installed file: the link points into a virtualenv, and the cache
+        # outlives it (a recreated .venv elsewhere must not find a link to a deleted file).
+        where = hashlib.blake2b(str(onnx_path.resolve()).encode(), digest_size=4).hexdigest()
+        target = Path(cache_dir) / "models" / f"{model_name}-{onnx_path.stat().st_size}-{where}"
         yml = target / "inference.yml"
-        if not yml.is_file():
+        link = target / "inference.onnx"
+        if not yml.is_file() or not link.exists():  # exists() follows the link: a dangling one is redone
             target.mkdir(parents=True, exist_ok=True)
-            link = target / "inference.onnx"
+            if link.is_symlink() and not link.exists():
+                link.unlink(missing_ok=True)
             with contextlib.suppress(FileExistsError):
                 link.symlink_to(onnx_path)
             text = yaml.safe_dump(_embedded_yaml(role, model_name, onnx_path), allow_unicode=True)

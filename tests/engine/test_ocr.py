@@ -300,6 +300,18 @@ def test_model_dirs_given_by_config_are_used(cache_dir):
     assert read_text(load_ocr(config), render_lines(["模型目录"], ZH, 40)) == ["模型目录"]
 
 
+def test_model_dirs_whose_link_dangles_are_rebuilt(tmp_path):
+    """The cache outlives virtualenvs: a link into a deleted .venv is replaced, not used."""
+    cache = str(tmp_path / "cache")
+    det = prepare_model_dirs(cache)["det"]
+    link = det / "inference.onnx"
+    link.unlink()
+    link.symlink_to(tmp_path / "deleted-venv" / "det.onnx")  # as if its .venv had been removed
+    assert not link.exists()
+    assert prepare_model_dirs(cache)["det"] == det
+    assert link.is_file() and link.stat().st_size > 1_000_000
+
+
 def test_a_broken_image_does_not_stop_the_stage(cache_dir):
     from pipelines.stages import OcrStage, StageItem
 
