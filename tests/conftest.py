@@ -27,3 +27,12 @@ def case_folder(cases, tmp_path_factory) -> str:
 def scratch_dir():
     with tempfile.TemporaryDirectory(prefix="zcurate-test-") as d:
         yield d
+
+
+@pytest.fixture(scope="session")
+def curated_ws(tmp_path_factory):
+    """A small workspace curated with every stage (tests/curated.py); treat it as read-only
+    except for manifests, which are content-addressed."""
+    from tests.curated import curate_small_workspace
+
+    return curate_small_workspace(str(tmp_path_factory.mktemp("curated") / "ws"))

@@ -52,6 +52,11 @@ def read_manifest(location: str) -> pa.Table:
         if name not in table.column_names:
             kind = pa.list_(pa.string()) if name == "concept_ids" else pa.string()
             table = table.append_column(name, pa.nulls(table.num_rows, kind))
+    concepts = table["concept_ids"]
+    if pa.types.is_list(concepts.type) and not pa.types.is_string(concepts.type.value_type):
+        # The engine's manifests carry int64 graph concept ids; feedback reports them as text.
+        index = table.column_names.index("concept_ids")
+        table = table.set_column(index, "concept_ids", concepts.cast(pa.list_(pa.string())))
     weights = np.asarray(table["weight"].fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
     if not np.isfinite(weights).all() or (weights < 0).any():
         raise ManifestError(f"manifest {location!r} has negative or non-finite weights")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import os
 import time
@@ -121,13 +122,30 @@ def resolve_manifest(location: str) -> str:
     return max(found, key=lambda p: (os.stat(p).st_mtime_ns, p))
 
 
-def refresh_weights(loader: ManifestLoader, location: str, current: str) -> str:
-    """Follow a manifest folder: when a newer manifest appeared there (the engine's answer to our
-    feedback), take its weights for the rows we have, from the next epoch on. Returns the file
-    now followed."""
-    if not os.path.isdir(location):
+def rebuild_manifest(ws: Workspace, current: str) -> str | None:
+    """Ask the engine for the stage's manifest again, with the recipe and seed of the current one
+    (from its sidecar, ``<id>.json``): the feedback just sent changes the manifest id, so this
+    writes a new manifest next to the current one. None for a manifest without a sidecar."""
+    sidecar_path = os.path.splitext(current)[0] + ".json"
+    if not os.path.exists(sidecar_path):
+        return None
+    from engine.manifest import build_manifest
+    from engine.recipe import parse_recipe
+
+    with open(sidecar_path, encoding="utf-8") as f:
+        sidecar = json.load(f)
+    recipe = parse_recipe(sidecar["recipe"], sidecar.get("recipe_file") or sidecar_path)
+    return build_manifest(ws, recipe, seed=sidecar["seed"], size=sidecar["size"]).path
+
+
+def refresh_weights(loader: ManifestLoader, location: str, current: str, ws: Workspace | None = None) -> str:
+    """After a feedback report: rebuild the engine's manifest (when ``current`` has a sidecar) and
+    follow it, or follow a manifest folder where a newer manifest appeared; the loader takes the
+    new weights for the rows it has, from the next epoch on. Returns the file now followed."""
+    rebuilt = rebuild_manifest(ws, current) if ws is not None else None
+    if rebuilt is None and not os.path.isdir(location):
         return current
-    newest = resolve_manifest(location)
+    newest = rebuilt or resolve_manifest(location)
     if newest != current:
         table = read_manifest(newest)
         loader.set_weights_by_id(
@@ -311,7 +329,7 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
             if stage_step % cfg.feedback_every == 0 or stage_step == cfg.steps:
                 report = concept_losses(stage, step, current, *recent)
                 summary["feedback"].append(send_feedback(ws, report))
-                followed = refresh_weights(loader, cfg.manifests[stage], current)
+                followed = refresh_weights(loader, cfg.manifests[stage], current, ws)
                 if followed != current:
                     summary["refreshed"].append(followed)
                     current = followed
