@@ -118,8 +118,8 @@ def gap_candidates(
     searched against the workspace's image index (cross-modal text->image retrieval), widening the
     search until ``k`` samples outside ``exclude`` are found or the index is exhausted. With a
     concept, the samples tagged with it or any concept below it (``engine.graph.subtree_samples``)
-    that are outside ``exclude`` are added too: the ``k`` most similar of them. Only status-ok
-    samples are returned, so at most 2k rows.
+    that are outside ``exclude`` are added too: the ``k`` most similar of those not retrieved, so
+    at most 2k rows. Only status-ok samples are returned.
 
     Returns:
         Columns sample_id, uri, caption, similarity (query . image vector in float32, from the
