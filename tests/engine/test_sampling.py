@@ -183,7 +183,7 @@ def test_hierarchical_alpha_one_is_metaclip():
     child, parent = random_tree(sets.n_concepts + 10, seed=3)
     relabel = np.r_[np.arange(sets.n_concepts, sets.n_concepts + 10), np.arange(sets.n_concepts)]
     ancestors = (relabel[child], relabel[parent])  # roots are the untagged nodes
-    for t in (5, 50, 400):
+    for t in (5, 50, 400, 7.3):
         np.testing.assert_array_equal(
             hierarchical_keep_prob(sets, ancestors, t, alpha=1.0, untagged=0.3),
             metaclip_keep_prob(sets, t, untagged=0.3),
@@ -330,8 +330,13 @@ def test_keyed_uniform_fast_and_slow_paths_agree():
     np.testing.assert_array_equal(keyed_uniform(chunked, 3, "s"), fast)
     np.testing.assert_array_equal(keyed_uniform(pa.array(ids, type=pa.large_string()), 3, "s"), fast)
     np.testing.assert_array_equal(keyed_uniform(pa.array(ids).slice(5, 10), 3, "s"), fast[5:15])
-    other = keyed_uniform(pa.array(["a", "B" * 32, ids[0].upper(), "a"]), 3, "s")
-    assert other[0] == other[3] and len(set(other[:3].tolist())) == 3
+    # a 32-character id with a non-hex digit (or a space) is hashed, in a chunk of hex ids too
+    odd = ["g" * 32, " " * 32]
+    with_odd = keyed_uniform(pa.array([*ids, *odd]), 3, "s")
+    np.testing.assert_array_equal(with_odd[:-2], fast)
+    other = keyed_uniform(pa.array(["a", *odd, ids[0].upper(), "a"]), 3, "s")
+    assert other[0] == other[4] and len(set(other[:3].tolist())) == 3
+    assert other[3] == fast[0]  # hex digits in either case parse to the same number
     ints = keyed_uniform(pa.array([5, 6, 5]), 3, "s")
     assert ints[0] == ints[2] != ints[1]
     assert keyed_uniform(pa.array([], type=pa.string()), 3, "s").shape == (0,)
