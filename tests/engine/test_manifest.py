@@ -107,7 +107,6 @@ def test_each_filter_removes_what_it_says(curated_ws, override, column, check):
         pool = [v for v in pool_values(curated_ws, column).values() if v is not None]
         median = float(np.quantile(pool, 0.5))
         assert min(values) >= median - 1e-6
-        assert strict.sidecar["counts"]["filters"][2]["removed"] >= len(pool) // 2 - 5
     else:
         assert all(check(v) for v in values)
     removed = {c["filter"]: c["removed"] for c in strict.sidecar["counts"]["filters"]}
