@@ -349,14 +349,14 @@ def test_keyed_uniform_fast_and_slow_paths_agree():
 
 def test_weighted_draws_follow_weights():
     weights = np.array([1.0, 2.0, 3.0, 4.0, 0.0])
-    rows, epochs = weighted_draws(weights, n_draws=20_000, epoch_size=1, repeat_cap=None, seed=0)
-    assert len(rows) == 20_000 and rows.dtype == np.int64 and epochs.dtype == np.int32
-    assert epochs.tolist() == list(range(20_000))  # one draw per epoch
+    rows, epochs = weighted_draws(weights, n_draws=4000, epoch_size=1, repeat_cap=None, seed=0)
+    assert len(rows) == 4000 and rows.dtype == np.int64 and epochs.dtype == np.int32
+    assert epochs.tolist() == list(range(4000))  # one draw per epoch
     freq = np.bincount(rows, minlength=5) / len(rows)
-    np.testing.assert_allclose(freq, weights / weights.sum(), atol=0.015)
-    again = weighted_draws(weights, n_draws=20_000, epoch_size=1, repeat_cap=None, seed=0)
+    np.testing.assert_allclose(freq, weights / weights.sum(), atol=0.03)  # ~4 standard errors
+    again = weighted_draws(weights, n_draws=4000, epoch_size=1, repeat_cap=None, seed=0)
     np.testing.assert_array_equal(again[0], rows)
-    assert not np.array_equal(weighted_draws(weights, 20_000, 1, None, seed=1)[0], rows)
+    assert not np.array_equal(weighted_draws(weights, 4000, 1, None, seed=1)[0], rows)
 
 
 def test_weighted_draws_epochs_and_cap():
