@@ -15,10 +15,10 @@ these, and writes the manifest. Everything is vectorised so that 10M samples and
    * Hierarchical MetaCLIP (``hierarchical_keep_prob``): the same, then each subtree ``a`` of the
      concept graph gets a budget ``T_a = t * k_a ** alpha`` (``k_a`` tagged concepts under it); a
      subtree whose expected kept mass ``E_a`` exceeds it is scaled by ``T_a / E_a``.
-   * Uniform marginal for SFT (``uniform_concept_weights``): multiplicative fitting of per-concept
-     factors ``lambda_c`` (``w_i = base_i * geomean_{c in i} lambda_c``) so that the weighted concept
-     marginal ``m_c`` approaches ``pi_c ~ n_c ** temperature`` (0: uniform), with
-     ``max(lambda) / min(lambda) <= max_ratio``.
+   * Uniform marginal for SFT (``uniform_concept_weights``): concept-first sampling
+     (``w_i = base_i * sum_{c in i} pi_c / n_c``) refined by EM steps minimising ``KL(pi || m)``,
+     so that the weighted concept marginal ``m_c`` approaches ``pi_c ~ n_c ** temperature``
+     (0: uniform), with the balancing factor varying at most ``max_ratio``-fold.
 
 4. **Draws**: ``keyed_uniform`` gives each sample a uniform that depends on (sample_id, seed, salt)
    only, so Bernoulli keeps (``u < p``) and caption forms (``choose_form``) are stable when the pool
@@ -41,11 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-IPF_TOLERANCE = 1e-3  # uniform_concept_weights stops early once every m_c is within 0.1% of pi_c
-# (or no factor moves by 0.1%): below the noise of any concept count we could measure, and it saves
-# most of the rounds on easy sets
-IPF_DAMPING = 0.5  # exponent of the multiplicative update: a full step (1.0) oscillates when samples
-# carry several concepts, because one sample's weight moves several marginals at once
+IPF_TOLERANCE = 1e-3  # uniform_concept_weights stops early once every m_c is within 0.1% of pi_c:
+# below the noise of any concept count we could measure, and it saves most steps on easy sets
 
 _SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)  # splitmix64 constants (Steele et al. 2014)
 _SPLITMIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -284,25 +281,23 @@ def uniform_concept_weights(
 
     Marginal ``m_c = sum_{i carries c} w_i / sum_{c'} sum_{i carries c'} w_i``; target
     ``pi_c ~ n_c ** temperature`` over the concepts carried by a sample with ``base > 0``
-    (temperature 0: uniform over them; 1: the natural marginal). Multiplicative fitting
-    (iterative proportional fitting over the samples with a concept and ``base > 0``):
+    (temperature 0: uniform over them; 1: the natural marginal). ``w_i = base_i * f_i`` where:
 
-    * ``lambda_c = 1 / n_c`` to start (n_c: samples with base > 0 carrying c);
-    * ``w_i = base_i * geomean_{c in i} lambda_c = base_i * exp(mean_{c in i} log lambda_c)``;
-    * ``lambda_c *= (pi_c / m_c) ** 0.5`` (damped, see ``IPF_DAMPING``), then
-      ``lambda_c = max(lambda_c, max(lambda) / max_ratio)``: the balancing factor
-      ``w_i / base_i`` varies at most ``max_ratio``-fold, so no sample dominates (with a constant
+    * start, concept-first sampling (pick a concept from pi, then one of its n_c samples
+      uniformly): ``f_i = sum_{c in i} pi_c / n_c``;
+    * then EM steps that minimise ``KL(pi || m)`` (the weights are the mixing proportions of a
+      mixture whose components are the samples' concept sets; each step cannot increase the
+      divergence): ``f_i *= (1 / |i|) * sum_{c in i} pi_c / m_c``;
+    * after every step ``f`` is scaled to max 1 and raised to at least ``1 / max_ratio``, so the
+      balancing factor varies at most ``max_ratio``-fold and no sample dominates (with a constant
       base, ``max(w) / min(w) <= max_ratio``; a base's own spread multiplies in);
-    * up to ``iterations`` rounds, fewer once every ``|m_c / pi_c - 1| < IPF_TOLERANCE`` or once
-      no ``lambda_c`` moves by that much (a fixed point under the ratio cap).
+    * up to ``iterations`` steps, fewer once every ``|m_c / pi_c - 1| < IPF_TOLERANCE``.
 
-    Why the geometric and not the arithmetic mean: with the arithmetic mean a sample tagged
-    (head, rare) keeps half the rare concept's large factor whatever the head's factor, so a
-    head concept's share cannot fall below what its co-tags carry (on a Zipf set with up to 3
-    tags per sample the normalised entropy stalls at 0.96 with the factors pinned at the ratio
-    cap). The geometric mean is the log-linear (maximum-entropy) form: it reaches the uniform
-    marginal there (1.000 uncapped; 0.979 vs 0.957 at max_ratio 100), equals the arithmetic mean
-    for one-tag samples, and keeps the ratio bound (a geometric mean lies between its extremes).
+    Concept-first sampling alone flattens real tag sets far more than per-concept factors
+    combined by a mean (a sample carrying a frequent and a rare concept is drawn through the
+    rare one); the EM steps then correct for what co-occurring concepts add. On the demo's
+    openclipart tags (4.4 concepts per sample) the normalised entropy goes 0.84 -> 0.92 at the
+    start and 0.94 after 10 steps under max_ratio 50.
 
     Samples without concepts get ``base_i * untagged * (mean w of the fitted samples)``. The result
     is normalised to mean 1 over the positive weights (all zeros if none is positive).
@@ -318,39 +313,34 @@ def uniform_concept_weights(
     live = n > 0
     weights = np.zeros(sets.n_samples)
     if live.any():
+        target = np.zeros(sets.n_concepts)
         log_target = temperature * np.log(n[live])
-        log_target -= np.log(np.exp(log_target - log_target.max()).sum()) + log_target.max()
-        log_lam = np.zeros(sets.n_concepts)  # log lambda; concepts without samples never matter
-        log_lam[live] = _clip_log_ratio(-np.log(n[live]), np.log(max_ratio))
-        # Buffers reused across iterations: fresh 30M-element arrays cost as much in page faults
-        # as the arithmetic itself.
-        starts, inverse_length = sub.offsets[:-1], 1.0 / sub.lengths()
-        pair_rows, pair_buffer, w = sub.pair_sample(), np.empty(len(sub.index)), np.empty(len(b))
+        target[live] = np.exp(log_target - log_target.max())
+        target /= target.sum()
+        pair_rows = sub.pair_sample()
         pair_concepts = sub.index.astype(np.intp)  # take/bincount would cast int32 on every call
+        inverse_length = 1.0 / sub.lengths()
+        pair_buffer = np.empty(len(pair_concepts))
 
-        def fit_weights() -> None:  # w = b * exp(mean log lambda), in place
-            np.take(log_lam, pair_concepts, out=pair_buffer)
-            np.add.reduceat(pair_buffer, starts, out=w)
-            np.multiply(w, inverse_length, out=w)
-            np.exp(w, out=w)
-            np.multiply(w, b, out=w)
+        def per_sample_sum(per_concept: np.ndarray) -> np.ndarray:
+            np.take(per_concept, pair_concepts, out=pair_buffer)
+            return np.bincount(pair_rows, weights=pair_buffer, minlength=len(b))
 
-        for _ in range(iterations):
-            fit_weights()
-            np.take(w, pair_rows, out=pair_buffer)
-            m = np.bincount(pair_concepts, weights=pair_buffer, minlength=sets.n_concepts)[live]
-            log_gap = log_target - np.log(m / m.sum())  # log(pi_c / m_c)
-            if np.all(np.abs(np.expm1(log_gap)) < IPF_TOLERANCE):
-                break  # w fits the target
-            updated = _clip_log_ratio(log_lam[live] + IPF_DAMPING * log_gap, np.log(max_ratio))
-            step = np.abs(updated - log_lam[live]).max()
-            log_lam[live] = updated
-            if step < np.log1p(IPF_TOLERANCE):  # a fixed point under the ratio cap: no factor
-                fit_weights()  # moves by 0.1% any more, so more rounds would not change w
-                break
-        else:  # the last update is not yet in w
-            fit_weights()
-        weights[fitted] = w
+        def capped(f: np.ndarray) -> np.ndarray:
+            f /= f.max()
+            return np.maximum(f, 1.0 / max_ratio, out=f)
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = capped(per_sample_sum(np.where(live, target / n, 0.0)))
+            for _ in range(iterations):
+                np.take(b * f, pair_rows, out=pair_buffer)
+                m = np.bincount(pair_concepts, weights=pair_buffer, minlength=sets.n_concepts)
+                m /= m.sum()
+                ratio = np.where(live, target / m, 0.0)
+                if np.all(np.abs(ratio[live] - 1.0) < IPF_TOLERANCE):
+                    break  # w fits the target
+                f = capped(f * per_sample_sum(ratio) * inverse_length)
+        weights[fitted] = b * f
     bare = lengths == 0
     tagged_mean = weights[fitted].mean() if fitted.any() else 1.0
     weights[bare] = base[bare] * untagged * tagged_mean
@@ -358,12 +348,6 @@ def uniform_concept_weights(
     if positive.any():
         weights /= weights[positive].mean()
     return weights
-
-
-def _clip_log_ratio(log_lam: np.ndarray, log_ratio: float) -> np.ndarray:
-    """Scale so that max(lambda) = 1 (w's scale is free: the result is normalised), then raise the
-    small factors so that max(lambda) / min(lambda) <= max_ratio; in log space."""
-    return np.maximum(log_lam - log_lam.max(), -log_ratio)
 
 
 def _check_weights(weights: np.ndarray, n: int, name: str) -> np.ndarray:
