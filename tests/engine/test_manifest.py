@@ -272,8 +272,10 @@ def test_boosts_up_weight_the_samples_a_user_chose(curated_ws, tmp_path):
 
 
 def test_show_and_diff_find_manifests_by_prefix(curated_ws):
-    a = build_manifest(curated_ws, load_recipe("lowres"), seed=0)
-    b = build_manifest(curated_ws, load_recipe("lowres", {"balance.method": "none"}), seed=0)
+    a = build_manifest(curated_ws, load_recipe("lowres", {"balance.threshold": 3}), seed=0)
+    b = build_manifest(
+        curated_ws, load_recipe("lowres", {"balance.threshold": 3, "balance.method": "none"}), seed=0
+    )
     path, sidecar = find_manifest(curated_ws, a.manifest_id[:6])
     assert path == a.path and sidecar["manifest_id"] == a.manifest_id
     diff = diff_manifests(curated_ws, a.manifest_id, b.manifest_id)

@@ -129,3 +129,29 @@ def test_a_newer_manifest_in_the_stage_folder_reweights_the_next_epoch(tmp_path,
     later = report.filter(pa.compute.greater(report["step"], 4))
     assert set(epoch_one["concept_id"].to_pylist()) == {"kept", "dropped"}  # 16 rows, 4 steps of 4
     assert set(later["concept_id"].to_pylist()) == {"kept"}
+
+
+@pytest.mark.ray
+def test_feedback_rebuilds_the_engine_manifest_and_its_sidecar_shows_it(tmp_path, curated_ws):
+    """The whole loop with the real engine: a manifest built by engine.manifest, per-concept loss
+    reports, and the stage's manifest rebuilt after each one with the report in its sidecar."""
+    import json
+
+    from engine.manifest import build_manifest
+    from engine.recipe import load_recipe
+    from tests.curated import copy_workspace
+
+    ws = copy_workspace(curated_ws, str(tmp_path / "ws"))
+    recipe = load_recipe("lowres", {"buckets.sizes": [[32, 32]], "feedback.min_samples": 1})
+    first = build_manifest(ws, recipe, seed=0)
+    cfg = config(tmp_path, {"lowres": first.path}, steps=6, feedback_every=3, workspace=ws.root)
+    summary = main(cfg)
+    assert len(summary["feedback"]) == 2 and len(summary["refreshed"]) == 2
+    newest = summary["refreshed"][-1]
+    assert newest != first.path and os.path.dirname(newest) == os.path.dirname(first.path)
+    with open(newest.removesuffix(".parquet") + ".json") as f:
+        sidecar = json.load(f)
+    assert sidecar["feedback"]["reports"] == 2 and sidecar["feedback"]["concepts"] > 0
+    assert sidecar["feedback_fingerprint"] != first.sidecar["feedback_fingerprint"]
+    reported = read_feedback(ws, "lowres")["concept_id"].to_pylist()
+    assert any(c.isdigit() for c in reported)  # the engine's int64 concept ids, as text
