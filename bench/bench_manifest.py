@@ -280,7 +280,7 @@ def run_pandas(root: str, out_path: str) -> dict:
     df = df.merge(read("safety", ["sample_id", "nsfw_score"]), on="sample_id", how="left")
     df = df.merge(read("dedup", ["sample_id", "is_representative"]), on="sample_id", how="left")
     df["min_side"] = np.minimum(df["width"], df["height"])
-    df = df.sort_values("sample_id", ignore_index=True)
+    # (merges keep the samples' order, which is the engine's pool order: shards, then rows)
     # hard filters (nulls kept), then representatives only
     keep = pd.Series(True, index=df.index)
     for f in recipe.filters:

@@ -6,7 +6,8 @@
 1. **Pool** (:func:`load_pool`): every usable sample (``samples.status = 'ok'``) with its signals,
    OCR, clip and NSFW scores, near-duplicate community, and its concepts (the ``tags`` of the
    recipe's sources and minimum score, optionally mapped to their ancestors at a graph depth),
-   sorted by sample_id. One DuckDB query over the catalog's views.
+   in workspace order (shards, then rows). Each table is read once, only the columns the recipe
+   needs, and joined on sample_id by a binary search over 64-bit id prefixes (:func:`align`).
 2. **Hard filters** in recipe order, then the dedup rule; the sidecar counts what each removed.
 3. **Weights** (engine/sampling.py): soft tilts, concept balancing (MetaCLIP, hierarchical
    MetaCLIP or the SFT near-uniform rule), trainer feedback multipliers (engine/feedback.py) and
@@ -30,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -38,10 +40,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine import sampling
+from engine import sampling, schema
 from engine.catalog import connect_catalog
 from engine.feedback import FeedbackConfig, read_boosts, sample_multipliers, stage_feedback
-from engine.recipe import BOOL_COLUMNS, NUMERIC_COLUMNS, Recipe
+from engine.recipe import BOOL_COLUMNS, CAPTION_FORMS, NUMERIC_COLUMNS, TAG_SOURCES, Recipe
 from engine.workspace import Workspace
 
 MANIFESTS = "manifests"
@@ -133,59 +135,148 @@ def make_manifest_id(identity: dict) -> str:
 # --- the pool ----------------------------------------------------------------------------------
 
 
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def pool_sql(recipe: Recipe, extra_columns: list[str]) -> str:
-    """The pool query: usable samples, their signal columns, dedup community and concept list."""
-    concepts = recipe.concepts
-    sources = ", ".join(_quote(s) for s in concepts.sources)
-    tags = (
-        "SELECT sample_id, concept_id FROM tags "
-        f"WHERE source IN ({sources}) AND score >= {concepts.min_score!r}"
-    )
-    if concepts.depth > 0:
-        # Map each tag to its ancestor(s) at the recipe's depth; shallower concepts stay themselves.
-        tags = f"""
-            SELECT t.sample_id, coalesce(a.ancestor_id, t.concept_id) AS concept_id
-            FROM ({tags}) t LEFT JOIN (
-                SELECT ca.concept_id, ca.ancestor_id FROM concept_ancestors ca
-                JOIN concepts c ON c.concept_id = ca.ancestor_id WHERE c.depth = {concepts.depth}
-            ) a USING (concept_id)"""
-    derived = {
-        "min_side": "least(g.width, g.height)",
-        "pixels": "g.width::BIGINT * g.height",
-        "has_ocr_text": "g.ocr_text <> ''",
-        "source_kind": "s.source_kind",
-    }
-    columns = ["width", "height", *(c for c in extra_columns if c not in ("width", "height"))]
-    select = [f"{derived.get(c, 'g.' + c)} AS {c}" for c in columns]
-    return f"""
-        WITH t AS (
-            SELECT sample_id, list_sort(list_distinct(list(concept_id))) AS concept_ids
-            FROM ({tags}) GROUP BY sample_id)
-        SELECT s.sample_id, s.uri, s.caption, {", ".join(select)},
-            d.community_id, d.is_representative, t.concept_ids
-        FROM samples s JOIN signals g USING (sample_id)
-        LEFT JOIN dedup d USING (sample_id) LEFT JOIN t USING (sample_id)
-        WHERE s.status = 'ok'
-        ORDER BY s.sample_id"""
+# Where each pool column comes from: a table keyed by sample_id (columns of the catalog's
+# ``signals`` view, DESIGN.md section 3), or derived from other pool columns.
+POOL_SOURCES: dict[str, str] = {name: "signals" for name in schema.SIGNALS.names[2:]}
+POOL_SOURCES |= {name: table for table, names in schema.SIGNAL_COLUMNS.items() for name in names}
+POOL_SOURCES |= {"community_id": "dedup", "is_representative": "dedup", "source_kind": "samples"}
+DERIVED = {"min_side", "pixels", "has_ocr_text"}
 
 
 def needs_ocr_text(recipe: Recipe) -> bool:
     return any(form in ("ocr", "enhanced") and p > 0 for form, p in recipe.caption.forms)
 
 
-def load_pool(ws: Workspace, recipe: Recipe) -> pa.Table:
-    """The recipe's pool as Arrow, sorted by sample_id (columns: see :func:`pool_sql`)."""
-    extra = recipe.columns() + (["ocr_text"] if needs_ocr_text(recipe) else [])
-    con = connect_catalog(ws)
-    try:
-        con.execute("SET preserve_insertion_order = true")
-        return con.sql(pool_sql(recipe, list(dict.fromkeys(extra)))).to_arrow_table()
-    finally:
-        con.close()
+@dataclass
+class PoolIndex:
+    """The pool's sample ids with a sorted index of their 64-bit keys (``sampling.id_keys``)."""
+
+    ids: pa.Array
+    keys: np.ndarray  # uint64 per pool row
+    order: np.ndarray  # argsort of keys
+    sorted_keys: np.ndarray
+
+    @classmethod
+    def build(cls, ids: pa.Array) -> PoolIndex:
+        keys = sampling.id_keys(ids)
+        order = np.argsort(keys, kind="stable")
+        return cls(ids, keys, order, keys[order])
+
+
+def align(pool: PoolIndex, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """For each id of another table, its row in the pool (-1 when absent): the join on sample_id.
+
+    The ids' 64-bit keys (the first 16 hex digits of the engine's 32-digit ids) are sorted and
+    binary-searched in the pool's sorted keys (sorted queries keep the search in cache: 0.6 s for
+    10M against 10M, where random ones take 10 s); every match is checked against the full id,
+    and an id whose key prefix another id shares is looked up by its full id instead.
+    """
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    rows = np.full(len(ids), -1, dtype=np.int64)
+    if len(pool.keys) == 0 or len(ids) == 0:
+        return rows
+    keys = sampling.id_keys(ids)
+    query_order = np.argsort(keys, kind="stable")
+    position = np.searchsorted(pool.sorted_keys, keys[query_order])
+    position = np.minimum(position, len(pool.keys) - 1)
+    found = pool.sorted_keys[position] == keys[query_order]
+    rows[query_order[found]] = pool.order[position[found]]
+    matched = np.flatnonzero(rows >= 0)
+    same = pc.equal(pool.ids.take(pa.array(rows[matched])), ids.take(pa.array(matched)))
+    wrong = matched[~np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)]
+    if len(wrong):  # a shared 64-bit prefix: look those few up by their full id
+        shared = np.isin(pool.keys, keys[wrong])
+        lookup = dict(zip(pool.ids.filter(pa.array(shared)).to_pylist(), np.flatnonzero(shared), strict=True))
+        rows[wrong] = [lookup.get(i, -1) for i in ids.take(pa.array(wrong)).to_pylist()]
+    return rows
+
+
+def _attach(pool: PoolIndex, table: pa.Table, names: list[str]) -> dict[str, pa.Array]:
+    """Columns of ``table`` in pool order (null where the pool row has no row in the table)."""
+    ids = table["sample_id"].combine_chunks()
+    if len(ids) == len(pool.ids) and ids.equals(pool.ids):
+        # Stage tables are written shard by shard in the samples' order: usually no join at all.
+        return {name: table[name].combine_chunks() for name in names}
+    rows = align(pool, ids)
+    source = np.full(len(pool.keys), -1, dtype=np.int64)
+    matched = rows >= 0
+    source[rows[matched]] = np.flatnonzero(matched)
+    index = pa.array(source, mask=source < 0)
+    return {name: table[name].take(index) for name in names}
+
+
+def load_pool(ws: Workspace, recipe: Recipe) -> tuple[pa.Table, sampling.ConceptSets, dict]:
+    """The recipe's pool: every usable sample that has signals, in workspace order (shard by
+    shard, rows in plan order), with the columns the recipe reads, its near-duplicate community,
+    and its concepts.
+
+    Returns (pool table, concept sets of its rows, counts). Each table is read once with only
+    the columns needed and joined by :func:`align`; tags become CSR concept sets directly.
+    """
+    samples = ws.read_table("samples", ["sample_id", "uri", "caption", "status", "source_kind"])
+    pool = samples.filter(pc.equal(samples["status"], "ok")).drop_columns(["status"]).combine_chunks()
+    del samples  # rejected rows' strings: gigabytes at 10M rows
+    index = PoolIndex.build(pool["sample_id"].combine_chunks())
+
+    wanted = list(recipe.columns()) + (["ocr_text"] if needs_ocr_text(recipe) else [])
+    wanted += ["width", "height", "community_id", "is_representative"]
+    wanted += ["ocr_text"] if "has_ocr_text" in wanted else []
+    by_table: dict[str, list[str]] = {}
+    for name in dict.fromkeys(wanted):
+        if name not in DERIVED and POOL_SOURCES[name] != "samples":
+            by_table.setdefault(POOL_SOURCES[name], []).append(name)
+    for table_name, names in by_table.items():
+        table = ws.read_table(table_name, ["sample_id", *names])
+        for name, array in _attach(index, table, names).items():
+            pool = pool.append_column(name, array)
+    if "min_side" in wanted:
+        pool = pool.append_column("min_side", pc.min_element_wise(pool["width"], pool["height"]))
+    if "pixels" in wanted:
+        pool = pool.append_column("pixels", pc.multiply(pool["width"].cast(pa.int64()), pool["height"]))
+    if "has_ocr_text" in wanted:
+        pool = pool.append_column("has_ocr_text", pc.not_equal(pool["ocr_text"], ""))
+    # A usable sample without a signals row (a shard profiled by an older engine): not in the pool.
+    profiled = np.asarray(pool["width"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    counts = {"unprofiled": int((~profiled).sum())}
+    if not profiled.all():
+        pool = pool.filter(pa.array(profiled))
+        index = PoolIndex.build(pool["sample_id"].combine_chunks())
+    return pool, pool_concepts(ws, recipe, index), counts
+
+
+def _same_as_previous(ids: pa.Array) -> np.ndarray:
+    """bool per row after the first: its id equals the previous row's."""
+    equal = pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    return np.asarray(equal.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def pool_concepts(ws: Workspace, recipe: Recipe, index: PoolIndex) -> sampling.ConceptSets:
+    """The pool's concepts: tags of the recipe's sources with score >= min_score, optionally
+    mapped to their ancestors at ``concepts.depth`` (a shallower concept stays itself)."""
+    cfg = recipe.concepts
+    every_source = set(cfg.sources) == set(TAG_SOURCES)
+    tags = ws.read_table("tags", ["sample_id", "concept_id", "score", *([] if every_source else ["source"])])
+    chosen = pc.greater_equal(tags["score"], cfg.min_score)
+    if not every_source:
+        chosen = pc.and_(chosen, pc.is_in(tags["source"], pa.array(list(cfg.sources))))
+    tags = tags.filter(chosen).select(["sample_id", "concept_id"]).combine_chunks()
+    if cfg.depth > 0 and tags.num_rows:
+        concepts = ws.read_table("concepts", ["concept_id", "depth"])
+        at_depth = concepts.filter(pc.equal(concepts["depth"], cfg.depth)).select(["concept_id"])
+        ancestors = ws.read_table("concept_ancestors", ["concept_id", "ancestor_id"])
+        mapping = ancestors.join(at_depth.rename_columns(["ancestor_id"]), "ancestor_id")
+        tags = tags.join(mapping, "concept_id", join_type="left outer")
+        mapped = pc.coalesce(tags["ancestor_id"], tags["concept_id"])
+        tags = pa.table({"sample_id": tags["sample_id"], "concept_id": mapped})
+    # A sample's tags are consecutive rows (tagging writes them sample by sample): join each run of
+    # one sample_id once, then spread the run's pool row over its tags.
+    ids = tags["sample_id"].combine_chunks()
+    starts = np.flatnonzero(np.r_[True, ~_same_as_previous(ids)]) if len(ids) else np.zeros(0, np.int64)
+    run_rows = align(index, ids.take(pa.array(starts)))
+    rows = np.repeat(run_rows, np.diff(np.r_[starts, len(ids)]))
+    known = rows >= 0
+    values = tags["concept_id"].combine_chunks().filter(pa.array(known))
+    return sampling.ConceptSets.from_pairs(rows[known], values, len(index.keys))
 
 
 def column_values(pool: pa.Table, name: str) -> np.ndarray:
@@ -262,39 +353,45 @@ def concept_names(ws: Workspace, concept_ids: np.ndarray) -> dict[int, str]:
 
 
 def build_captions(
-    rows: pa.Table, recipe: Recipe, forms: np.ndarray, names_joined: pa.Array
+    rows: pa.Table, recipe: Recipe, forms: np.ndarray, names_joined: Callable[[], pa.Array]
 ) -> tuple[pa.Array, pa.Array]:
     """(caption, caption_form) per row; a form without material (no OCR text, no concept) falls
-    back to the original caption."""
+    back to the original caption. Only the forms the recipe uses are built (``names_joined``
+    is called only when a form needs concept names)."""
     cfg = recipe.caption
     original = rows["caption"].combine_chunks()
-    if "ocr_text" in rows.column_names:
-        ocr = pc.utf8_slice_codeunits(
-            pc.utf8_trim_whitespace(pc.replace_substring(rows["ocr_text"].combine_chunks(), "\n", " / ")),
-            0,
-            cfg.max_ocr_chars,
-        )
-    else:
-        ocr = pa.nulls(rows.num_rows, pa.string())
-    has_ocr = pc.fill_null(pc.greater(pc.utf8_length(ocr), 0), False)
-    has_names = pc.greater(pc.utf8_length(names_joined), 0)
-    ocr_part = pc.if_else(has_ocr, _wrap(pc.fill_null(ocr, ""), cfg.ocr_format, "text"), "")
-    concepts_part = pc.if_else(has_names, _wrap(names_joined, cfg.concepts_format, "names"), "")
-    candidates = {
-        "original": (original, pa.array(np.ones(rows.num_rows, dtype=bool))),
-        "ocr": (pc.binary_join_element_wise(original, ocr_part, ""), has_ocr),
-        "tags": (_wrap(names_joined, cfg.tags_format, "names"), has_names),
-        "enhanced": (
-            pc.binary_join_element_wise(original, ocr_part, concepts_part, ""),
-            pa.array(np.ones(rows.num_rows, dtype=bool)),
-        ),
-    }
-    caption, form_names = original, pa.array(["original"] * rows.num_rows, pa.string())
-    for i, (form, _) in enumerate(recipe.caption.forms):
-        text, usable = candidates[form]
-        chosen = pc.and_(pa.array(forms == i), usable)
-        caption = pc.if_else(chosen, text, caption)
-        form_names = pc.if_else(chosen, pa.scalar(form), form_names)
+    used = [(i, form) for i, (form, p) in enumerate(cfg.forms) if p > 0 and form != "original"]
+    code = np.zeros(rows.num_rows, dtype=np.int64)  # index into CAPTION_FORMS; 0 = original
+    caption = original
+    if used:
+        ocr_part = names_part = None
+        has_ocr = has_names = None
+        if any(form in ("ocr", "enhanced") for _, form in used):
+            text = rows["ocr_text"].combine_chunks() if "ocr_text" in rows.column_names else None
+            if text is None:
+                text = pa.nulls(rows.num_rows, pa.string())
+            text = pc.utf8_slice_codeunits(
+                pc.utf8_trim_whitespace(pc.replace_substring(text, "\n", " / ")), 0, cfg.max_ocr_chars
+            )
+            has_ocr = pc.fill_null(pc.greater(pc.utf8_length(text), 0), False)
+            ocr_part = pc.if_else(has_ocr, _wrap(pc.fill_null(text, ""), cfg.ocr_format, "text"), "")
+        if any(form in ("tags", "enhanced") for _, form in used):
+            names = names_joined()
+            has_names = pc.greater(pc.utf8_length(names), 0)
+            names_part = pc.if_else(has_names, _wrap(names, cfg.concepts_format, "names"), "")
+        everywhere = pa.array(np.ones(rows.num_rows, dtype=bool))
+        for i, form in used:
+            if form == "ocr":
+                text, usable = pc.binary_join_element_wise(original, ocr_part, ""), has_ocr
+            elif form == "tags":
+                text, usable = _wrap(names, cfg.tags_format, "names"), has_names
+            else:  # enhanced: caption + OCR text + concept names, each part only when there is one
+                parts = [p for p in (ocr_part, names_part) if p is not None]
+                text, usable = pc.binary_join_element_wise(original, *parts, ""), everywhere
+            chosen = (forms == i) & np.asarray(usable.to_numpy(zero_copy_only=False), dtype=bool)
+            code[chosen] = CAPTION_FORMS.index(form)
+            caption = pc.if_else(pa.array(chosen), text, caption)
+    form_names = pa.array(CAPTION_FORMS, pa.string()).take(pa.array(code))
     return caption, form_names
 
 
@@ -420,7 +517,7 @@ def build_manifest(
             manifest_id, recipe.stage, ws.path(f"{rel}.parquet"), ws.path(f"{rel}.json"), sidecar, True
         )
 
-    pool = load_pool(ws, recipe)
+    pool, all_sets, pool_counts = load_pool(ws, recipe)
     if pool.num_rows == 0:
         raise ManifestError(
             f"the workspace {ws.root} has no usable sample: curate a source first (zcurate curate)"
@@ -448,7 +545,7 @@ def build_manifest(
         readmitted = passed_filters & ~keep & (boost_factor != 1.0)
         dedup_removed -= int(readmitted.sum())
         keep |= readmitted
-    counts = {"pool": pool.num_rows, "filters": filter_counts, "dedup_removed": dedup_removed}
+    counts = {"pool": pool.num_rows, **pool_counts, "filters": filter_counts, "dedup_removed": dedup_removed}
     if not keep.any():
         removed = ", ".join(f"{c['filter']} {c['removed']}" for c in filter_counts)
         raise ManifestError(
@@ -466,7 +563,6 @@ def build_manifest(
         tilt *= factors
 
     rows = np.flatnonzero(keep)
-    all_sets = sampling.ConceptSets.from_lists(pool["concept_ids"])
     sets = all_sets.subset(keep)
     marginal_before = sampling.concept_marginal(sets, np.ones(len(rows)))
     weight = tilt[rows].copy()
@@ -526,6 +622,12 @@ def build_manifest(
     n_t2i = len(rows)
 
     table = pool.take(pa.array(target_rows))
+    source_id = pa.nulls(n_t2i, pa.string())
+    source_uri = pa.nulls(n_t2i, pa.string())
+    if len(sources):
+        source_id = pa.concat_arrays([source_id, pool["sample_id"].take(pa.array(sources)).combine_chunks()])
+        source_uri = pa.concat_arrays([source_uri, pool["uri"].take(pa.array(sources)).combine_chunks()])
+    del pool  # the manifest's rows are in `table` now: free the pool's strings before writing
     width = table["width"].to_numpy(zero_copy_only=False)
     height = table["height"].to_numpy(zero_copy_only=False)
     bucket_sizes = np.array(recipe.buckets.sizes, dtype=np.int64)
@@ -538,15 +640,13 @@ def build_manifest(
     new_offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     pair_positions = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
     row_index = all_sets.index[pair_positions]
-    used_ids = all_sets.concept_ids[np.unique(row_index)] if len(row_index) else np.zeros(0, np.int64)
-    names = concept_names(ws, used_ids)
-    name_array = pa.array([names.get(int(c), str(int(c))) for c in all_sets.concept_ids], pa.string())
-    names_joined = pc.binary_join(
-        pa.ListArray.from_arrays(
-            pa.array(new_offsets, pa.int32()), name_array.take(pa.array(row_index, pa.int64()))
-        ),
-        ", ",
-    )
+
+    def names_joined() -> pa.Array:  # "parrot, tree, sun" per row, for tag and enhanced captions
+        names = concept_names(ws, all_sets.concept_ids)
+        name_array = pa.array([names.get(int(c), str(int(c))) for c in all_sets.concept_ids], pa.string())
+        pair_names = name_array.take(pa.array(row_index, pa.int64()))
+        return pc.binary_join(pa.ListArray.from_arrays(pa.array(new_offsets, pa.int32()), pair_names), ", ")
+
     concept_lists = pa.ListArray.from_arrays(
         pa.array(new_offsets, pa.int32()), pa.array(all_sets.concept_ids[row_index], pa.int64())
     )
@@ -556,12 +656,7 @@ def build_manifest(
     )
     caption, caption_form = build_captions(table, recipe, form_index, names_joined)
 
-    kind = np.where(np.arange(len(target_rows)) < n_t2i, "t2i", "i2i")
-    source_id = pa.nulls(n_t2i, pa.string())
-    source_uri = pa.nulls(n_t2i, pa.string())
-    if len(sources):
-        source_id = pa.concat_arrays([source_id, pool["sample_id"].take(pa.array(sources)).combine_chunks()])
-        source_uri = pa.concat_arrays([source_uri, pool["uri"].take(pa.array(sources)).combine_chunks()])
+    kind = pa.array(["t2i", "i2i"]).take(pa.array((np.arange(len(target_rows)) >= n_t2i).astype(np.int8)))
     columns = {
         "sample_id": table["sample_id"],
         "uri": table["uri"],
@@ -569,8 +664,8 @@ def build_manifest(
         "weight": pa.array(all_weight, pa.float64()),
         "bucket_h": pa.array(bucket_sizes[bucket, 0], pa.int32()),
         "bucket_w": pa.array(bucket_sizes[bucket, 1], pa.int32()),
-        "stage": pa.array([recipe.stage] * len(target_rows), pa.string()),
-        "kind": pa.array(kind, pa.string()),
+        "stage": pa.repeat(pa.scalar(recipe.stage, pa.string()), len(target_rows)),
+        "kind": kind,
         "concept_ids": concept_lists,
         "source_sample_id": source_id,
         "source_uri": source_uri,
@@ -604,7 +699,9 @@ def build_manifest(
             )
 
     marginal_after = sampling.concept_marginal(sets.subset(positive), weight)
-    summary_names = names | concept_names(ws, np.setdiff1d(sets.concept_ids, used_ids))
+    # Names only for the concepts a summary lists (the top ones before and after).
+    top = np.r_[np.argsort(-marginal_before)[:50], np.argsort(-marginal_after)[:50]]
+    summary_names = concept_names(ws, sets.concept_ids[np.unique(top)])
     counts.update({"rows": len(target_rows), "t2i": n_t2i, "i2i": len(targets)})
     bucket_rows = np.bincount(bucket[bucket >= 0], minlength=len(bucket_sizes))
     bucket_weight = np.bincount(

@@ -77,6 +77,14 @@ class ConceptSets:
         lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
         pair_row = np.repeat(np.arange(n_samples, dtype=np.int64), lengths.astype(np.int64))
         values = array.flatten()  # skips the children of null lists and honours slicing
+        return cls.from_pairs(pair_row, values, n_samples)
+
+    @classmethod
+    def from_pairs(cls, pair_row: np.ndarray, values: pa.Array | np.ndarray, n_samples: int) -> ConceptSets:
+        """From (sample row, concept id) pairs in any order (e.g. a tags table aligned to a pool);
+        duplicate pairs and null ids are removed."""
+        pair_row = np.asarray(pair_row, dtype=np.int64)
+        values = values if isinstance(values, pa.Array) else pa.array(values, pa.int64())
         if values.null_count:
             valid = values.is_valid().to_numpy(zero_copy_only=False)
             values, pair_row = values.filter(pa.array(valid)), pair_row[valid]
@@ -445,6 +453,14 @@ def keyed_uniform(sample_ids: pa.Array | pa.ChunkedArray, seed: int, salt: str) 
     parts = [_splitmix64(_id_hash(chunk) ^ key) for chunk in chunks]
     h = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def id_keys(sample_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """uint64 per id, the ``h`` of :func:`keyed_uniform`: for the engine's 32-hex-digit ids, their
+    first 16 hex digits, so sorting by key sorts by sample_id (ties need a 2^-64 coincidence)."""
+    chunks = sample_ids.chunks if isinstance(sample_ids, pa.ChunkedArray) else [sample_ids]
+    parts = [_id_hash(chunk) for chunk in chunks]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def _id_hash(chunk: pa.Array) -> np.ndarray:
