@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
+from engine import schema
 from engine.source import SourceError, load_source
 from engine.workspace import Workspace
 
@@ -32,6 +33,8 @@ STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 CANCEL_GRACE_S = 20.0  # SIGINT -> SIGKILL: Ray's shutdown takes a few seconds on 2 cores
 LOG_TAIL = 4000  # bytes of the child's output kept as the error of a failed job
 JOB_DIR = "_jobs"  # WS/_jobs/<id>.log: the child's stdout and stderr
+# What the workspace writes itself, besides its tables and the "_" folders (_plans, _tmp, _jobs...).
+WORKSPACE_OWN = frozenset({*schema.TABLES, "index", "manifests", "feedback", "train", "catalog.duckdb"})
 
 
 class JobError(ValueError):
@@ -64,11 +67,12 @@ class Job:
     cancel_requested: bool = False
 
 
-def resolve_source(source: str, root: str) -> str:
+def resolve_source(source: str, root: str, workspace: str | None = None) -> str:
     """The path of a job source, which must lie inside ``root`` (after resolving links and ..).
 
     The word ``openclipart`` names the bundled demo source. Remote URIs are refused: the service
-    cannot confine them.
+    cannot confine them. The workspace itself and its own folders (tables, index, ``_plans``...)
+    are refused too: curating them would read the job's own output.
     """
     if source == "openclipart":
         return source
@@ -80,6 +84,14 @@ def resolve_source(source: str, root: str) -> str:
         raise JobError(400, "path_outside_root", "source path escapes the source root")
     if not os.path.exists(path):
         raise JobError(404, "source_not_found", f"no such source under the source root: {source}")
+    if workspace is not None:
+        real_ws = os.path.realpath(workspace)
+        inside = os.path.commonpath([real_ws, path]) == real_ws
+        top = os.path.relpath(path, real_ws).split(os.sep)[0] if inside else ""
+        if inside and (path == real_ws or top in WORKSPACE_OWN or top.startswith("_")):
+            raise JobError(
+                400, "invalid_source", "a source cannot be the workspace or one of its own folders"
+            )
     return path
 
 
@@ -101,7 +113,7 @@ class JobRunner:
         if unknown:
             known = ", ".join(sorted(IMAGE_STAGES))
             raise JobError(422, "invalid_steps", f"unknown step {unknown[0]!r} (steps: {known})")
-        location = resolve_source(source, self.source_root)
+        location = resolve_source(source, self.source_root, self.ws.root)
         try:
             src = load_source(location)
         except SourceError as e:

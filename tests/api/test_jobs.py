@@ -30,6 +30,8 @@ def job_workspace(workspace, tmp_path_factory) -> str:
         shutil.copyfile(row["uri"], incoming / f"{i:03d}.png")
         (incoming / f"{i:03d}.txt").write_text(row["caption"], encoding="utf-8")
     os.symlink("/usr/share", root / "escape")
+    for own in ("_plans", "samples"):
+        (root / own).mkdir()
     return str(root)
 
 
@@ -66,6 +68,10 @@ def wait_for(client: httpx.Client, job_id: str, statuses: set[str], timeout_s: f
         ("https://example.com/pairs.tar", 400),
         ("incoming\x00/../..", 400),
         ("no-such-folder", 404),
+        (".", 400),  # the workspace itself
+        ("incoming/..", 400),
+        ("_plans", 400),  # the workspace's own folders
+        ("samples", 400),
     ],
 )
 def test_job_sources_cannot_leave_the_workspace(jobs, source, status):
