@@ -18,10 +18,8 @@ from api.jobs import JobRunner
 from api.routes import concepts, health, jobs, query, search, stats
 from api.searcher import Searcher
 from api.settings import Settings
-from engine.catalog import CATALOG_FILE, refresh_catalog
+from engine.catalog import connect_catalog
 from engine.workspace import Workspace
-
-VERSION = "0.1.0"
 
 # One router per noun, in the order the docs list them. Manifests and feedback join here
 # (routes/manifests.py, routes/feedback.py) once engine/manifest.py lands.
@@ -85,8 +83,9 @@ def create_app(workspace: str, settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if not ws.exists(CATALOG_FILE):
-            refresh_catalog(ws)  # queries open the catalog read-only: it must exist
+        # Queries attach the catalog read-only: make sure it exists and was made for this root
+        # (connect_catalog rebuilds a missing or moved one).
+        connect_catalog(ws).close()
         state.searcher = Searcher(ws, settings.embedder)
         state.jobs = JobRunner(ws, settings.source_root, settings.job_num_cpus)
         try:
@@ -96,7 +95,7 @@ def create_app(workspace: str, settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="zcurate",
-        version=VERSION,
+        version=health.VERSION,
         description="Data-curation engine for text-to-image training: stats, concepts, search, "
         "read-only SQL and curation jobs over one workspace. Authenticate with "
         "`Authorization: Bearer KEY`.",

@@ -71,7 +71,13 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
 
 def open_sandbox(ws: Workspace, limits: QueryLimits) -> duckdb.DuckDBPyConnection:
     """The locked-down connection described in the module docstring."""
-    config = {"memory_limit": limits.memory_limit, "threads": max(1, limits.threads)}
+    # DuckDB adds its spill folder to the allowed directories (default: ./.tmp of the server's
+    # working directory): keep it inside the workspace's scratch folder instead.
+    config = {
+        "memory_limit": limits.memory_limit,
+        "threads": max(1, limits.threads),
+        "temp_directory": ws.path("_tmp", "duckdb-query"),
+    }
     con = duckdb.connect(":memory:", config=config)
     try:
         con.execute("ATTACH ? AS catalog (READ_ONLY)", [ws.path(CATALOG_FILE)])

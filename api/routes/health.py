@@ -7,10 +7,9 @@ from fastapi import APIRouter
 from api.schemas import Health
 
 router = APIRouter(tags=["health"])
+VERSION = "0.1.0"  # the service's version, as OpenAPI and /v1/health report it
 
 
 @router.get("/health", response_model=Health)
 def health() -> Health:
-    from api.main import VERSION
-
     return Health(status="ok", version=VERSION)

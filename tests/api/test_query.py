@@ -69,6 +69,13 @@ def test_hostile_sql_is_refused(client, sql):
     assert "root:" not in response.text  # nothing of /etc/passwd leaked into an error message
 
 
+def test_file_access_is_limited_to_the_workspace_tables(client, workspace):
+    sql = "SELECT unnest(current_setting('allowed_directories')) AS d"
+    allowed = [row[0] for row in client.post("/v1/query", json={"sql": sql}).json()["rows"]]
+    assert allowed and all(d.startswith(workspace.rstrip("/") + "/") for d in allowed), allowed
+    assert f"{workspace.rstrip('/')}/samples/" in allowed
+
+
 def test_refusals_say_why(client):
     assert_error(client.post("/v1/query", json={"sql": "COPY samples TO '/tmp/x'"}), 400, "read_only")
     assert_error(client.post("/v1/query", json={"sql": "SELECT 1; SELECT 2"}), 400, "invalid_sql")
