@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.auth import KeyRing
+from api.cache import StampedCache
 from api.jobs import JobRunner
 from api.searcher import Searcher
 from api.settings import Settings
@@ -21,6 +22,7 @@ class ServiceState:
     keyring: KeyRing
     searcher: Searcher | None = None  # made in the lifespan
     jobs: JobRunner | None = None  # made in the lifespan
+    answers: StampedCache | None = None  # stats and concept neighbourhoods until the data changes
 
 
 def get_state(request: Request) -> ServiceState:

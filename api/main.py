@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.auth import load_keyring
+from api.cache import StampedCache
 from api.deps import ServiceState
 from api.errors import ApiError, error_response, install_error_handlers
 from api.jobs import JobRunner
@@ -86,7 +87,8 @@ def create_app(workspace: str, settings: Settings | None = None) -> FastAPI:
         # Queries attach the catalog read-only: make sure it exists and was made for this root
         # (connect_catalog rebuilds a missing or moved one).
         connect_catalog(ws).close()
-        state.searcher = Searcher(ws, settings.embedder)
+        state.searcher = Searcher(ws, settings.embedder, settings.torch_threads)
+        state.answers = StampedCache(ws)
         state.jobs = JobRunner(ws, settings.source_root, settings.job_num_cpus)
         try:
             yield

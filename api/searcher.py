@@ -26,9 +26,10 @@ class SearchUnavailable(RuntimeError):
 class Searcher:
     """Text or image -> the nearest samples of one index (``image``: text->image and image->image)."""
 
-    def __init__(self, ws: Workspace, embedder_spec: str | None = None):
+    def __init__(self, ws: Workspace, embedder_spec: str | None = None, torch_threads: int | None = None):
         self.ws = ws
         self.embedder_spec = embedder_spec
+        self.torch_threads = torch_threads  # set process-wide when the embedder loads (None: torch's default)
         self._embedder = None
         self._indexes: dict[str, tuple[float, VectorIndex]] = {}
         self._lock = threading.Lock()  # one load at a time; searches themselves run in parallel
@@ -37,8 +38,12 @@ class Searcher:
         if self._embedder is None:
             with self._lock:
                 if self._embedder is None:
+                    import torch
+
                     from engine.embed import load_embedder
 
+                    if self.torch_threads:
+                        torch.set_num_threads(self.torch_threads)
                     self._embedder = load_embedder(self.embedder_spec)
         return self._embedder
 

@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     query_timeout_s: float = 10.0  # then the query is interrupted; catalog scans of 1M rows take ~1 s
     query_memory_limit: str = "1GB"  # DuckDB memory per query connection: a big sort spills, never OOMs
     query_threads: int = 2  # DuckDB threads per query: the 2-core box serves other requests too
+    torch_threads: int = 1  # torch threads for query encoding: one query is tiny, and with 2 threads on a
+    # busy 2-core box the OpenMP hand-off made a text query 20x slower (18 ms -> 500 ms); requests
+    # run in parallel instead, one thread each
     embedder: str | None = None  # engine.embed.load_embedder spec for search; None: the index's default
     source_root: str | None = None  # job sources must lie under it; None: inside the workspace
     job_num_cpus: int | None = None  # CPUs of a job's local Ray (None: all)

@@ -40,8 +40,14 @@ def get_concept(
         if int(concept) > MAX_ID:
             raise ApiError(404, "not_found", f"no concept {concept}")
         key = int(concept)
-    try:
-        result = concept_neighbourhood(state.ws, key)
-    except ValueError as e:
-        raise ApiError(404, "not_found", str(e)) from None
-    return ConceptNeighbourhood(**json_safe(result))
+
+    def compute() -> ConceptNeighbourhood | str:
+        try:
+            return ConceptNeighbourhood(**json_safe(concept_neighbourhood(state.ws, key)))
+        except ValueError as e:  # an unknown concept: remembered too (a miss costs as much as a hit)
+            return str(e)
+
+    result = state.answers.get(("concept", key), compute)
+    if isinstance(result, str):
+        raise ApiError(404, "not_found", result)
+    return result

@@ -17,5 +17,7 @@ router = APIRouter(tags=["stats"], dependencies=[ReadScope], responses=ERROR_RES
 
 @router.get("/stats", response_model=Stats)
 def get_stats(state: State) -> Stats:
-    result = json_safe(dataset_stats(state.ws))
-    return Stats(**result, score_histograms=score_histograms(state.ws))
+    def compute() -> Stats:
+        return Stats(**json_safe(dataset_stats(state.ws)), score_histograms=score_histograms(state.ws))
+
+    return state.answers.get("stats", compute)
