@@ -82,6 +82,8 @@ async def search_image(request: Request, state: State, k: K = 10, target: Target
             image, _, _ = decode_image(data, "query", config)
         except Reject as e:
             raise ApiError(422, "invalid_image", f"{e.reason}: {e.detail or ''}".rstrip(": ")) from None
+        except Exception as e:  # a decoder failure decode_image does not classify: still bad input
+            raise ApiError(422, "invalid_image", f"cannot decode: {type(e).__name__}") from None
         return state.searcher.query_image(image)
 
     # decoding and the forward pass are CPU work: off the event loop
