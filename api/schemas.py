@@ -1,0 +1,139 @@
+"""Request and response bodies: the OpenAPI contract. Column names follow ``engine/schema.py``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SQL_CHARS = 100_000  # a generated query with a long IN list stays far below
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+# --- stats -----------------------------------------------------------------------------------
+
+
+class Histogram(BaseModel):
+    score: str  # a signals column: clip_score, nsfw_score, ...
+    count: int  # samples with a finite value
+    edges: list[float]  # bins + 1 edges, lo to hi; empty when count is 0
+    counts: list[int]  # samples per bin
+
+
+class Stats(BaseModel):
+    """``engine.catalog.dataset_stats`` plus score histograms."""
+
+    totals: dict[str, Any]  # samples, ok, rejected, distinct_images
+    by_source: list[dict[str, Any]]
+    reject_reasons: list[dict[str, Any]]  # reject_reason, n
+    warnings: list[dict[str, Any]]
+    caption_languages: list[dict[str, Any]]
+    signals: list[dict[str, Any]]  # signal, min, p50, p95, max
+    image_duplicates: dict[str, Any]
+    score_histograms: list[Histogram]
+
+
+# --- concepts --------------------------------------------------------------------------------
+
+
+class ConceptRow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    concept_id: int
+    synset: str
+    lemmas: list[str] | None = None
+    gloss: str | None = None
+    depth: int | None = None
+    source: str | None = None
+    n_direct: int  # samples tagged with it directly
+    n_rollup: int  # samples tagged with it or any descendant
+
+
+class ConceptNeighbourhood(BaseModel):
+    concept: ConceptRow
+    parents: list[ConceptRow]
+    children: list[ConceptRow]
+    siblings: list[ConceptRow]
+    parts: list[ConceptRow]
+    wholes: list[ConceptRow]
+
+
+# --- search ----------------------------------------------------------------------------------
+
+
+class SearchHit(BaseModel):
+    rank: int
+    sample_id: str
+    score: float  # cosine similarity
+    caption: str | None = None
+    uri: str | None = None
+
+
+class SearchResult(BaseModel):
+    target: Literal["image", "text"]  # the index searched
+    hits: list[SearchHit]
+
+
+# --- query -----------------------------------------------------------------------------------
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sql: str = Field(min_length=1, max_length=MAX_SQL_CHARS, description="One SELECT over the catalog")
+    max_rows: int | None = Field(None, ge=1, description="At most this many rows (the server caps it too)")
+
+
+class QueryColumn(BaseModel):
+    name: str
+    type: str  # Arrow type
+
+
+class QueryResult(BaseModel):
+    columns: list[QueryColumn]
+    rows: list[list[Any]]
+    row_count: int
+    truncated: bool  # the query had more rows than returned
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(
+        min_length=1, max_length=4096, description="'openclipart' or a path under the service's source root"
+    )
+    steps: list[str] = Field(
+        default_factory=list, max_length=16, description="Image stages: embed, ocr, safety"
+    )
+    limit: int | None = Field(None, ge=1, le=1_000_000_000, description="Only the first N records")
+    shard_size: int = Field(256, ge=1, le=1_000_000, description="Records per shard")
+
+
+class StepProgress(BaseModel):
+    step: str  # ingest, profile, embed, ocr, safety
+    rows_done: int
+    rows_total: int
+    shards_done: int
+    shards_total: int
+
+
+class JobProgress(BaseModel):
+    rows_done: int
+    rows_total: int
+    steps: list[StepProgress]
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: Literal["pending", "running", "succeeded", "failed", "cancelled"]
+    source: str
+    steps: list[str]
+    created: float  # unix seconds
+    started: float | None = None
+    finished: float | None = None
+    error: str = ""  # the last line of the job's output when it failed
+    progress: JobProgress | None = None
