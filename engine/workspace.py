@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -142,15 +143,18 @@ class Workspace:
     def read_shard(self, table_name: str, shard_id: str) -> pa.Table:
         return pq.read_table(self.path(table_name, f"{shard_id}{PARQUET}"), filesystem=self.fs)
 
-    def read_table(self, table_name: str, columns: list[str] | None = None) -> pa.Table:
-        """All shards of a table as one Arrow table (empty with the right schema when none)."""
+    def read_table(
+        self, table_name: str, columns: list[str] | None = None, filter: pc.Expression | None = None
+    ) -> pa.Table:
+        """All shards of a table as one Arrow table (empty with the right schema when none);
+        ``filter`` (a pyarrow.compute expression) is applied while scanning."""
         files = self.shard_files(table_name)
         table_schema = schema.TABLES[table_name]
         if not files:
             empty = table_schema.empty_table()
             return empty.select(columns) if columns else empty
         dataset = pads.dataset(files, schema=table_schema, format="parquet", filesystem=self.fs)
-        return dataset.to_table(columns=columns)
+        return dataset.to_table(columns=columns, filter=filter)
 
     def local_uri(self, *parts: str) -> str:
         """A path or URI DuckDB can read for the given workspace path."""
