@@ -343,7 +343,10 @@ def run_child(workdir: str, impl: str, out: str) -> dict:
 def compare(ours_path: str, pandas_path: str) -> dict:
     ours = pq.read_table(ours_path, columns=["sample_id", "weight"])
     theirs = pq.read_table(pandas_path, columns=["sample_id", "weight"])
-    same_rows = ours["sample_id"].equals(theirs["sample_id"])
+    # (pandas writes large_string: compare the values, not the types)
+    same_rows = ours["sample_id"].cast(pa.string()).combine_chunks().equals(
+        theirs["sample_id"].cast(pa.string()).combine_chunks()
+    )
     a, b = ours["weight"].to_numpy(), theirs["weight"].to_numpy()
     rel = float(np.max(np.abs(a - b) / b)) if same_rows and len(a) else None
     return {"same_rows": same_rows, "max_rel_weight_diff": rel}

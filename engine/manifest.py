@@ -213,11 +213,12 @@ def load_pool(ws: Workspace, recipe: Recipe) -> tuple[pa.Table, sampling.Concept
     Returns (pool table, concept sets of its rows, counts). Each table is read once with only
     the columns needed and joined by :func:`align`; tags become CSR concept sets directly.
     """
+    wanted = list(recipe.columns()) + (["ocr_text"] if needs_ocr_text(recipe) else [])
     usable = pc.field("status") == schema.STATUS_OK
-    pool = ws.read_table("samples", ["sample_id", "uri", "caption", "source_kind"], usable)
+    from_samples = ["sample_id", "uri", "caption"] + (["source_kind"] if "source_kind" in wanted else [])
+    pool = ws.read_table("samples", from_samples, usable)
     index = PoolIndex.build(pool["sample_id"].combine_chunks())
 
-    wanted = list(recipe.columns()) + (["ocr_text"] if needs_ocr_text(recipe) else [])
     wanted += ["width", "height", "community_id", "is_representative"]
     wanted += ["ocr_text"] if "has_ocr_text" in wanted else []
     by_table: dict[str, list[str]] = {}
@@ -253,12 +254,10 @@ def pool_concepts(ws: Workspace, recipe: Recipe, index: PoolIndex) -> sampling.C
     """The pool's concepts: tags of the recipe's sources with score >= min_score, optionally
     mapped to their ancestors at ``concepts.depth`` (a shallower concept stays itself)."""
     cfg = recipe.concepts
-    every_source = set(cfg.sources) == set(TAG_SOURCES)
-    tags = ws.read_table("tags", ["sample_id", "concept_id", "score", *([] if every_source else ["source"])])
-    chosen = pc.greater_equal(tags["score"], cfg.min_score)
-    if not every_source:
-        chosen = pc.and_(chosen, pc.is_in(tags["source"], pa.array(list(cfg.sources))))
-    tags = tags.filter(chosen).select(["sample_id", "concept_id"]).combine_chunks()
+    chosen = pc.field("score") >= cfg.min_score
+    if set(cfg.sources) != set(TAG_SOURCES):
+        chosen &= pc.field("source").isin(list(cfg.sources))
+    tags = ws.read_table("tags", ["sample_id", "concept_id"], chosen)  # filtered while scanning
     if cfg.depth > 0 and tags.num_rows:
         concepts = ws.read_table("concepts", ["concept_id", "depth"])
         at_depth = concepts.filter(pc.equal(concepts["depth"], cfg.depth)).select(["concept_id"])
@@ -268,11 +267,20 @@ def pool_concepts(ws: Workspace, recipe: Recipe, index: PoolIndex) -> sampling.C
         mapped = pc.coalesce(tags["ancestor_id"], tags["concept_id"])
         tags = pa.table({"sample_id": tags["sample_id"], "concept_id": mapped})
     # A sample's tags are consecutive rows (tagging writes them sample by sample): join each run of
-    # one sample_id once, then spread the run's pool row over its tags.
-    ids = tags["sample_id"].combine_chunks()
-    starts = np.flatnonzero(np.r_[True, ~_same_as_previous(ids)]) if len(ids) else np.zeros(0, np.int64)
-    run_rows = align(index, ids.take(pa.array(starts)))
-    rows = np.repeat(run_rows, np.diff(np.r_[starts, len(ids)]))
+    # one sample_id once (chunk by chunk, no copy of the 30M ids), then give its tags the run's row.
+    run_ids, run_lengths = [], []
+    for chunk in tags["sample_id"].chunks:
+        if len(chunk) == 0:
+            continue
+        starts = np.flatnonzero(np.r_[True, ~_same_as_previous(chunk)])
+        run_ids.append(chunk.take(pa.array(starts)))
+        run_lengths.append(np.diff(np.r_[starts, len(chunk)]))
+    if not run_ids:
+        return sampling.ConceptSets.from_pairs(
+            np.zeros(0, np.int64), pa.array([], pa.int64()), len(index.keys)
+        )
+    run_rows = align(index, pa.concat_arrays(run_ids))
+    rows = np.repeat(run_rows, np.concatenate(run_lengths))
     known = rows >= 0
     values = tags["concept_id"].combine_chunks().filter(pa.array(known))
     return sampling.ConceptSets.from_pairs(rows[known], values, len(index.keys))

@@ -85,3 +85,15 @@ def test_build_show_list_diff_and_gaps(curated_ws, tmp_path):
     assert "boosted" in gaps.output
     rebuilt = runner.invoke(app, ["manifest", "-w", ws.root, "--stage", "lowres"], terminal_width=200)
     assert rebuilt.exit_code == 0 and not rebuilt.output.strip().endswith(f"found {path}")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_demo_ends_with_a_lowres_manifest(tmp_path):
+    ws = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--workspace", str(ws), "--limit", "40"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    last = [line for line in result.output.splitlines() if line.startswith("manifest: ")][-1]
+    path = last.split(" ", 1)[1]
+    assert path.startswith(str(ws / "manifests" / "lowres")) and pq.read_table(path).num_rows > 0
+    assert "concept marginal" in result.output
