@@ -344,8 +344,11 @@ def compare(ours_path: str, pandas_path: str) -> dict:
     ours = pq.read_table(ours_path, columns=["sample_id", "weight"])
     theirs = pq.read_table(pandas_path, columns=["sample_id", "weight"])
     # (pandas writes large_string: compare the values, not the types)
-    same_rows = ours["sample_id"].cast(pa.string()).combine_chunks().equals(
-        theirs["sample_id"].cast(pa.string()).combine_chunks()
+    same_rows = (
+        ours["sample_id"]
+        .cast(pa.string())
+        .combine_chunks()
+        .equals(theirs["sample_id"].cast(pa.string()).combine_chunks())
     )
     a, b = ours["weight"].to_numpy(), theirs["weight"].to_numpy()
     rel = float(np.max(np.abs(a - b) / b)) if same_rows and len(a) else None

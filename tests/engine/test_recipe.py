@@ -87,7 +87,7 @@ def test_unknown_recipe_and_bad_toml(tmp_path):
         load_recipe("warmup")
     bad = tmp_path / "broken.toml"
     bad.write_text("stage = \n")
-    with pytest.raises(RecipeError, match="recipe broken.toml: not valid TOML"):
+    with pytest.raises(RecipeError, match=r"recipe broken\.toml: not valid TOML"):
         load_recipe(str(bad))
 
 
@@ -95,7 +95,7 @@ def test_overrides_change_a_key_and_are_checked_again():
     recipe = load_recipe("lowres", {"filters.clip_score.min": 0.3, "balance.method": "none"})
     clip = next(f for f in recipe.filters if f.column == "clip_score")
     assert clip.min == 0.3 and clip.min_quantile == 0.05 and recipe.balance.method == "none"
-    with pytest.raises(RecipeError, match="balance.method must be one of"):
+    with pytest.raises(RecipeError, match=r"balance\.method must be one of"):
         load_recipe("lowres", {"balance.method": "magic"})
     data, where = read_recipe_data("lowres")
     with pytest.raises(RecipeError, match="override key"):
