@@ -1,7 +1,8 @@
 """TEST FIXTURE: stage manifests built by hand from real openclipart images.
 
-The Active Curation Engine (issue 6) writes real manifests; until it lands, the trainer's tests
-build a small manifest file with the same columns (DESIGN.md section 4): sample_id, uri,
+The Active Curation Engine (engine/manifest.py) writes the real manifests (the trainer's test of
+the feedback loop uses one); most trainer tests build a small manifest by hand, to control its
+rows exactly, with the same columns (DESIGN.md section 4): sample_id, uri,
 caption, weight, bucket_h, bucket_w, stage, concept_ids, and for image-to-image rows the source
 sample (source_sample_id, source_uri). Captions are openclipart's own (SVG title + keywords);
 the concept of a row is its openclipart category folder (animals, food, ...).
