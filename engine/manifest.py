@@ -347,16 +347,23 @@ def concept_names(ws: Workspace, concept_ids: np.ndarray) -> dict[int, str]:
     """Readable names of concepts (first lemma, underscores as spaces) for captions and summaries."""
     if len(concept_ids) == 0:
         return {}
+    rows = _concept_query(
+        ws,
+        concept_ids,
+        "SELECT c.concept_id, coalesce(c.lemmas[1], split_part(c.synset, '.', 1)) AS name "
+        "FROM concepts c JOIN wanted USING (concept_id)",
+    ).to_pylist()
+    return {r["concept_id"]: r["name"].replace("_", " ") for r in rows}
+
+
+def _concept_query(ws: Workspace, concept_ids: np.ndarray, sql: str) -> pa.Table:
+    """Run ``sql`` over the catalog with the given concept ids as table ``wanted``."""
     con = connect_catalog(ws)
     try:
         con.register("wanted", pa.table({"concept_id": pa.array(concept_ids, pa.int64())}))
-        rows = con.sql(
-            "SELECT c.concept_id, coalesce(c.lemmas[1], split_part(c.synset, '.', 1)) AS name "
-            "FROM concepts c JOIN wanted USING (concept_id)"
-        ).fetchall()
+        return con.sql(sql).to_arrow_table()
     finally:
         con.close()
-    return {int(cid): name.replace("_", " ") for cid, name in rows}
 
 
 def build_captions(
@@ -421,15 +428,12 @@ def _summary(values: np.ndarray) -> dict:
 def _ancestor_pairs(ws: Workspace, concept_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(concept_index, ancestor_index, all_ids): proper-ancestor pairs of the tagged concepts in a
     dense index space whose first len(concept_ids) entries are concept_ids themselves."""
-    con = connect_catalog(ws)
-    try:
-        con.register("wanted", pa.table({"concept_id": pa.array(concept_ids, pa.int64())}))
-        pairs = con.sql(
-            "SELECT a.concept_id, a.ancestor_id FROM concept_ancestors a JOIN wanted USING (concept_id) "
-            "WHERE a.distance > 0"
-        ).to_arrow_table()
-    finally:
-        con.close()
+    pairs = _concept_query(
+        ws,
+        concept_ids,
+        "SELECT a.concept_id, a.ancestor_id FROM concept_ancestors a JOIN wanted USING (concept_id) "
+        "WHERE a.distance > 0",
+    )
     child = pairs["concept_id"].to_numpy()
     ancestor = pairs["ancestor_id"].to_numpy()
     extra = np.setdiff1d(np.unique(ancestor), concept_ids)
