@@ -12,11 +12,13 @@ Run by hand (not a test):
    100k vectors), and one lowres manifest (``engine.manifest.build_manifest``).
 2. ``zcurate serve`` over it in a subprocess on 127.0.0.1, with a read key.
 3. One warm-up request per endpoint (the search loads the embedder; stats are computed once and
-   cached until the workspace changes), then ``--clients`` asyncio clients (httpx, one connection
+   cached until the workspace changes) and, unless ``--unique-queries``, one search per text of
+   ``QUERIES``; then ``--clients`` asyncio clients (httpx, one connection
    each) loop for ``--seconds``, client i on endpoint i mod 3, with no pause between requests:
    - ``metadata``: GET /v1/manifests/{id} (status and sidecar),
-   - ``search``: GET /v1/search?text=...&k=10, cycling over ``QUERIES`` (the text is embedded on
-     every request: the service does not cache query vectors),
+   - ``search``: GET /v1/search?text=...&k=10, cycling over the 24 ``QUERIES`` (the service keeps
+     recent query vectors, so after the first round a search is FAISS plus the hits' rows), or with
+     ``--unique-queries`` a new text every request (each one embedded: ~20 ms of CPU),
    - ``stats``: GET /v1/stats.
    Every response that is not 200 counts as an error. Latency is per request, client side, so
    it includes the client's own time (the clients share the 2 cores with the server).
@@ -74,6 +76,15 @@ QUERIES = [  # 24 distinct captions-like texts, cycled
 WORDS = ["red", "blue", "green", "cat", "dog", "house", "tree", "flower", "car", "sun", "bird", "map", "icon"]
 
 
+def table_of(columns: dict, table_schema: pa.Schema, rows: int) -> pa.Table:
+    """A table of the schema from the given columns, null in every other one."""
+    arrays = [
+        pa.array(columns[f.name], f.type) if f.name in columns else pa.nulls(rows, f.type)
+        for f in table_schema
+    ]
+    return pa.Table.from_arrays(arrays, schema=table_schema)
+
+
 def synthetic_workspace(root: str, n: int, seed: int = 0) -> str:
     """Write samples, signals and embeddings for n synthetic pairs, then the catalog, the image
     index and a lowres manifest; returns the manifest id."""
@@ -107,7 +118,7 @@ def synthetic_workspace(root: str, n: int, seed: int = 0) -> str:
             "status": ["ok"] * m,
             "warnings": [[] for _ in range(m)],
         }
-        ws.write_shard("samples", shard, pa.Table.from_pydict(samples, schema=schema.SAMPLES))
+        ws.write_shard("samples", shard, table_of(samples, schema.SAMPLES, m))
         width = rng.integers(128, 2048, m).astype(np.int32)
         height = rng.integers(128, 2048, m).astype(np.int32)
         signals = {
@@ -127,7 +138,7 @@ def synthetic_workspace(root: str, n: int, seed: int = 0) -> str:
             "caption_words": np.full(m, 6, np.int32),
             "caption_lang": ["en"] * m,
         }
-        ws.write_shard("signals", shard, pa.Table.from_pydict(signals, schema=schema.SIGNALS))
+        ws.write_shard("signals", shard, table_of(signals, schema.SIGNALS, m))
         vectors = rng.standard_normal((2, m, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=2, keepdims=True)
         vec_type = schema.EMBEDDINGS.field("image_vec").type
@@ -181,41 +192,71 @@ def start_server(workspace: str, port: int) -> subprocess.Popen:
     raise RuntimeError("zcurate serve did not answer in 120 s")
 
 
-async def drive(base_url: str, manifest_id: str, clients: int, seconds: float) -> dict[str, dict]:
+def query(i: int, unique: bool) -> str:
+    """The i-th search text: one of QUERIES, with a number appended when every text must be new."""
+    return f"{QUERIES[i % len(QUERIES)]} {i}" if unique else QUERIES[i % len(QUERIES)]
+
+
+async def drive(
+    base_url: str,
+    manifest_id: str,
+    clients: int,
+    seconds: float,
+    unique: bool,
+    endpoints: list[str],
+    rate: float,
+) -> dict[str, dict]:
     """``clients`` loops for ``seconds``; returns per endpoint the latencies (ms) and error count."""
     paths = {
         "metadata": lambda i: (f"/v1/manifests/{manifest_id}", None),
-        "search": lambda i: ("/v1/search", {"text": QUERIES[i % len(QUERIES)], "k": 10}),
+        "search": lambda i: ("/v1/search", {"text": query(i, unique), "k": 10}),
         "stats": lambda i: ("/v1/stats", None),
     }
-    names = list(paths)
+    names = [name for name in paths if name in endpoints]
     results = {name: {"latency_ms": [], "errors": 0, "error_samples": []} for name in names}
     headers = {"Authorization": f"Bearer {READ_KEY}"}
 
-    async def client(number: int, stop: float) -> None:
+    async def client(number: int, c: httpx.AsyncClient, begin: float, stop: float) -> None:
         name = names[number % len(names)]
         result = results[name]
-        limits = httpx.Limits(max_connections=1)
-        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, limits=limits) as c:
-            i = number
-            while time.perf_counter() < stop:
-                start = time.perf_counter()
-                try:
-                    path, params = paths[name](i)
-                    response = await c.get(path, params=params)
-                    ok = response.status_code == 200
-                    detail = f"{response.status_code} {response.text[:200]}"
-                except httpx.HTTPError as e:
-                    ok, detail = False, repr(e)
-                result["latency_ms"].append((time.perf_counter() - start) * 1000)
-                if not ok:
-                    result["errors"] += 1
-                    if len(result["error_samples"]) < 5:
-                        result["error_samples"].append(detail)
-                i += clients
+        interval = 1.0 / rate if rate else 0.0
+        next_send = begin + interval * number / clients  # paced clients start staggered over one interval
+        i = number
+        while True:
+            now = time.perf_counter()
+            if interval and next_send > now:
+                await asyncio.sleep(next_send - now)
+            # Paced: latency counts from the scheduled send, so a slow answer that delays the next
+            # request shows up in that request's latency too (no coordinated omission).
+            start = next_send if interval else time.perf_counter()
+            next_send += interval
+            if start >= stop:
+                break
+            try:
+                path, params = paths[name](i)
+                response = await c.get(path, params=params)
+                ok = response.status_code == 200
+                detail = f"{response.status_code} {response.text[:200]}"
+            except httpx.HTTPError as e:
+                ok, detail = False, repr(e)
+            result["latency_ms"].append((time.perf_counter() - start) * 1000)
+            if not ok:
+                result["errors"] += 1
+                if len(result["error_samples"]) < 5:
+                    result["error_samples"].append(detail)
+            i += clients
 
-    stop = time.perf_counter() + seconds
-    await asyncio.gather(*(client(n, stop) for n in range(clients)))
+    # Clients are made (and connected) before the clock starts: making an httpx client takes ~50 ms
+    # (its SSL context), which would otherwise stall the first second of the run.
+    limits = httpx.Limits(max_connections=1)
+    pool = [
+        httpx.AsyncClient(base_url=base_url, headers=headers, timeout=60, limits=limits)
+        for _ in range(clients)
+    ]
+    await asyncio.gather(*(c.get("/v1/health") for c in pool))
+    begin = time.perf_counter()
+    await asyncio.gather(*(client(n, c, begin, begin + seconds) for n, c in enumerate(pool)))
+    await asyncio.gather(*(c.aclose() for c in pool))
     return results
 
 
@@ -240,6 +281,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000, help="synthetic samples (and vectors)")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--unique-queries",
+        action="store_true",
+        help="a new search text per request (no query-vector cache hit)",
+    )
+    parser.add_argument(
+        "--endpoints", default="metadata,search,stats", help="which endpoints the clients load"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="requests per second per client (0: back to back, saturating)"
+    )
     parser.add_argument("--workspace", default=None, help="build here (or reuse one built before)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -272,9 +324,22 @@ def main() -> None:
             response = httpx.get(base_url + path, headers=headers, timeout=120)
             response.raise_for_status()
             warm[name] = round((time.perf_counter() - t) * 1000, 1)
+        if not args.unique_queries:  # steady state: every repeated text has been seen once
+            for text in QUERIES:
+                httpx.get(f"{base_url}/v1/search", params={"text": text}, headers=headers).raise_for_status()
         print(f"warm-up (ms): {warm}", flush=True)
         load_before = os.getloadavg()
-        results = asyncio.run(drive(base_url, manifest_id, args.clients, args.seconds))
+        results = asyncio.run(
+            drive(
+                base_url,
+                manifest_id,
+                args.clients,
+                args.seconds,
+                args.unique_queries,
+                args.endpoints.split(","),
+                args.rate,
+            )
+        )
         load_after = os.getloadavg()
     finally:
         server.terminate()
@@ -284,6 +349,9 @@ def main() -> None:
         "command": " ".join(["bench/bench_api.py", *sys.argv[1:]]),
         "n": args.n,
         "clients": args.clients,
+        "unique_queries": args.unique_queries,
+        "loaded": args.endpoints,
+        "rate_per_client": args.rate,
         "seconds": args.seconds,
         "machine": {
             "cpus": os.cpu_count(),
