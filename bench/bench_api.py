@@ -213,7 +213,7 @@ async def drive(
         "stats": lambda i: ("/v1/stats", None),
     }
     names = [name for name in paths if name in endpoints]
-    results = {name: {"latency_ms": [], "errors": 0, "error_samples": []} for name in names}
+    results = {name: {"latency_ms": [], "at_s": [], "errors": 0, "error_samples": []} for name in names}
     headers = {"Authorization": f"Bearer {READ_KEY}"}
 
     async def client(number: int, c: httpx.AsyncClient, begin: float, stop: float) -> None:
@@ -240,6 +240,7 @@ async def drive(
             except httpx.HTTPError as e:
                 ok, detail = False, repr(e)
             result["latency_ms"].append((time.perf_counter() - start) * 1000)
+            result["at_s"].append(start - begin)
             if not ok:
                 result["errors"] += 1
                 if len(result["error_samples"]) < 5:
@@ -263,13 +264,19 @@ async def drive(
 def summarise(results: dict[str, dict], seconds: float) -> dict[str, dict]:
     out = {}
     for name, r in results.items():
-        ms = np.array(r["latency_ms"])
+        ms, at = np.array(r["latency_ms"]), np.array(r["at_s"])
         out[name] = {
             "requests": len(ms),
             "requests_per_s": round(len(ms) / seconds, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None,
             "max_ms": round(float(ms.max()), 1) if len(ms) else None,
+            # p99 per 10 s of the run: a stall (another job taking the cores) shows as one bad window
+            "p99_ms_per_10s": [
+                round(float(np.percentile(ms[(at >= w) & (at < w + 10)], 99)), 1)
+                for w in range(0, int(seconds), 10)
+                if ((at >= w) & (at < w + 10)).any()
+            ],
             "errors": r["errors"],
             "error_samples": r["error_samples"],
         }
