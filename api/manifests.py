@@ -72,9 +72,14 @@ class ManifestBuilder:
         rel = manifest_rel(recipe.stage, found.manifest_id)
         with self._lock:
             build = self.builds.get(found.manifest_id)
-            if build is not None and not (build.status == "failed" and build.retry):
+            on_disk = self.ws.exists(f"{rel}.parquet") and self.ws.exists(f"{rel}.json")
+            if build is not None and (
+                build.status in ("pending", "running")
+                or (build.status == "failed" and not build.retry)
+                or (build.status == "ready" and on_disk)  # ready, and its files were not removed since
+            ):
                 return build
-            if self.ws.exists(f"{rel}.parquet") and self.ws.exists(f"{rel}.json"):
+            if on_disk:
                 build = Build(found.manifest_id, recipe.stage, "ready", finished=time.time())
             else:
                 build = Build(found.manifest_id, recipe.stage)
@@ -122,9 +127,9 @@ class ManifestBuilder:
     def get(self, manifest_id: str) -> Build | None:
         """The build record of an id: the one in memory, else a ready one from disk, else None."""
         build = self.builds.get(manifest_id)
-        if build is not None:
+        if build is not None and (build.status != "ready" or self.stage_of(manifest_id) == build.stage):
             return build
-        stage = self.stage_of(manifest_id)
+        stage = self.stage_of(manifest_id)  # a ready one whose files were removed is gone too
         return None if stage is None else Build(manifest_id, stage, "ready", created=None)
 
     def sidecar(self, build: Build) -> dict:

@@ -206,3 +206,20 @@ def test_an_empty_workspace_fails_with_the_reason(tmp_path, key_file):
         # The same request answers the recorded failure rather than building again.
         again = c.post("/v1/manifests", json={"stage": "sft"}).json()
         assert again["status"] == "failed" and again["finished"] == body["finished"]
+
+
+def test_a_removed_manifest_is_gone_and_built_again(client, workspace):
+    request = {"stage": "lowres", "seed": 31}
+    first = client.post("/v1/manifests", json=request).json()
+    manifest_id = first["id"]
+    assert wait_built(client, manifest_id)["status"] == "ready"
+    ws = Workspace(workspace)
+    for suffix in (".parquet", ".json"):
+        os.remove(ws.path("manifests", "lowres", manifest_id + suffix))
+    assert_error(client.get(f"/v1/manifests/{manifest_id}"), 404, "not_found")
+    again = client.post("/v1/manifests", json=request).json()
+    assert (
+        again["id"] == manifest_id and again["created"] > first["created"]
+    )  # a new build, not the old record
+    assert wait_built(client, manifest_id)["status"] == "ready"
+    assert ws.exists("manifests", "lowres", f"{manifest_id}.parquet")
