@@ -24,6 +24,7 @@
 ``manifest_id`` hashes the inputs (each input file's name, size and Parquet footer), the recipe,
 the seed, the size, the feedback reports and the boosts, and the engine version: the same inputs
 give the same id and a byte-identical file, and a build whose file exists returns it at once.
+:func:`manifest_identity` gives the id without building (reads footers and reports only).
 """
 
 from __future__ import annotations

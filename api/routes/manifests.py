@@ -60,10 +60,11 @@ def post_manifest(body: ManifestRequest, state: State) -> ManifestStatus:
         )
     if body.size is not None and body.size > state.settings.manifest_max_draws:
         raise ApiError(422, "invalid_request", f"size must be at most {state.settings.manifest_max_draws}")
+    # A RecipeError names the key; the other types catch an override value of a JSON type the
+    # recipe checker did not expect. Bad input either way: a 422, never a 500.
     try:
         recipe = load_recipe(body.stage, body.overrides)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:  # RecipeError, or a value of a JSON type
-        # the recipe checker did not expect: bad input either way, never a 500
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ApiError(422, "invalid_recipe", str(e) or type(e).__name__) from None
     try:
         build = state.manifests.request(recipe, body.seed, body.size)
@@ -104,7 +105,10 @@ def get_manifest_data(manifest_id: ManifestId, request: Request, state: State) -
     if build.status != "ready":
         raise ApiError(409, "not_ready", f"manifest {manifest_id} is {build.status}")
     path = state.manifests.data_path(build)
-    size = os.stat(path).st_size
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:  # removed since the lookup
+        raise ApiError(404, "not_found", f"no manifest {manifest_id}") from None
     http_range = request.headers.get("range")
     if http_range is not None:
         # Starlette's FileResponse serves ranges (206, multipart for several) but answers bad ones in
