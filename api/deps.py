@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from api.auth import KeyRing
 from api.cache import StampedCache
 from api.jobs import JobRunner
+from api.manifests import ManifestBuilder
 from api.searcher import Searcher
 from api.settings import Settings
 from engine.workspace import Workspace
@@ -22,6 +23,7 @@ class ServiceState:
     keyring: KeyRing
     searcher: Searcher | None = None  # made in the lifespan
     jobs: JobRunner | None = None  # made in the lifespan
+    manifests: ManifestBuilder | None = None  # made in the lifespan
     answers: StampedCache | None = None  # stats and concept neighbourhoods until the data changes
 
 

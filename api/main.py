@@ -16,15 +16,24 @@ from api.cache import StampedCache
 from api.deps import ServiceState
 from api.errors import ApiError, error_response, install_error_handlers
 from api.jobs import JobRunner
-from api.routes import concepts, health, jobs, query, search, stats
+from api.manifests import ManifestBuilder
+from api.routes import concepts, feedback, health, jobs, manifests, query, search, stats
 from api.searcher import Searcher
 from api.settings import Settings
 from engine.catalog import connect_catalog
 from engine.workspace import Workspace
 
-# One router per noun, in the order the docs list them. Manifests and feedback join here
-# (routes/manifests.py, routes/feedback.py) once engine/manifest.py lands.
-ROUTERS = (health.router, stats.router, concepts.router, search.router, query.router, jobs.router)
+# One router per noun, in the order the docs list them.
+ROUTERS = (
+    health.router,
+    manifests.router,
+    feedback.router,
+    stats.router,
+    concepts.router,
+    search.router,
+    query.router,
+    jobs.router,
+)
 
 # Routes whose body is an uploaded image (limit: max_upload_bytes; every other body: max_body_bytes).
 UPLOAD_ROUTES = {("POST", "/v1/search")}
@@ -90,17 +99,19 @@ def create_app(workspace: str, settings: Settings | None = None) -> FastAPI:
         state.searcher = Searcher(ws, settings.embedder, settings.torch_threads)
         state.answers = StampedCache(ws)
         state.jobs = JobRunner(ws, settings.source_root, settings.job_num_cpus)
+        state.manifests = ManifestBuilder(ws)
         try:
             yield
         finally:
             state.jobs.shutdown()
+            state.manifests.shutdown()
 
     app = FastAPI(
         title="zcurate",
         version=health.VERSION,
-        description="Data-curation engine for text-to-image training: stats, concepts, search, "
-        "read-only SQL and curation jobs over one workspace. Authenticate with "
-        "`Authorization: Bearer KEY`.",
+        description="Data-curation engine for text-to-image training: stage manifests, trainer "
+        "feedback, stats, concepts, search, read-only SQL and curation jobs over one workspace. "
+        "Authenticate with `Authorization: Bearer KEY`.",
         lifespan=lifespan,
     )
     app.state.zc = state

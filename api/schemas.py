@@ -137,3 +137,77 @@ class JobStatus(BaseModel):
     finished: float | None = None
     error: str = ""  # the last line of the job's output when it failed
     progress: JobProgress | None = None
+
+
+# --- manifests -------------------------------------------------------------------------------
+
+STAGE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # one path component: a recipe name or a stage folder
+MANIFEST_ID_PATTERN = r"^[0-9a-f]{16}$"  # engine.manifest.make_manifest_id
+
+
+class ManifestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str = Field(pattern=STAGE_PATTERN, description="A shipped recipe: lowres, omni or sft")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seeds captions, balancing and draws")
+    size: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="Materialise N draws (the server caps it too); none: one row per sample with its weight",
+    )
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=64,
+        description='Recipe keys to change, dotted: {"filters.clip_score.min": 0.3, "dedup.keep": "all"}',
+    )
+
+
+class ManifestStatus(BaseModel):
+    id: str  # manifest_id: 16 hex digits of the hash of inputs, recipe, seed, size, feedback, boosts
+    stage: str
+    status: Literal["pending", "running", "ready", "failed"]
+    error: str = ""  # why it failed
+    created: float | None = None  # unix seconds, for builds this service started
+    started: float | None = None
+    finished: float | None = None
+    sidecar: dict[str, Any] | None = None  # GET /v1/manifests/{id} of a ready one: the JSON sidecar
+
+
+class ManifestSummary(BaseModel):
+    id: str
+    stage: str
+    status: Literal["pending", "running", "ready", "failed"]
+    rows: int | None = None  # ready ones
+    seed: int | None = None
+    size: int | None = None
+    error: str = ""
+
+
+# --- feedback --------------------------------------------------------------------------------
+
+MAX_LOSS_ROWS = 100_000  # concepts in one report: the whole concept graph is ~43k
+
+
+class ConceptLoss(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concept_id: str = Field(
+        pattern=r"^([0-9]{1,18})?$", description='A concept id of the manifest rows; "" for draws without one'
+    )
+    samples: int = Field(ge=0, le=2**31 - 1, description="Draws carrying the concept since the last report")
+    # Bounded so the float32 column holds it (a flow-matching loss is a mean squared error: >= 0).
+    loss_mean: float = Field(ge=0, le=1e30, description="Mean flow-matching loss of those draws")
+    loss_std: float = Field(0.0, ge=0, le=1e30, description="Their standard deviation")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stage: str = Field(pattern=STAGE_PATTERN, description="The training stage: lowres, omni, sft, ...")
+    step: int = Field(ge=0, le=999_999_999, description="The trainer's global step (one report per step)")
+    manifest: str = Field("", max_length=4096, description="The manifest the batches came from")
+    losses: list[ConceptLoss] = Field(min_length=1, max_length=MAX_LOSS_ROWS)
+
+
+class FeedbackResult(BaseModel):
+    path: str  # where the report went, in the workspace: feedback/<stage>/<step, 9 digits>.parquet
+    rows: int
+    multipliers: dict[str, Any]  # engine.feedback.concept_multipliers' summary after this report

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     torch_threads: int = 1  # torch threads for query encoding: one query is tiny, and with 2 threads on a
     # busy 2-core box the OpenMP hand-off made a text query 20x slower (18 ms -> 500 ms); requests
     # run in parallel instead, one thread each
+    manifest_max_draws: int = 10_000_000  # POST /v1/manifests size: 10M draws hold ~2 GB while built;
+    # a bigger materialised manifest belongs to `zcurate manifest` on a machine sized for it
     embedder: str | None = None  # engine.embed.load_embedder spec for search; None: the index's default
     source_root: str | None = None  # job sources must lie under it; None: inside the workspace
     job_num_cpus: int | None = None  # CPUs of a job's local Ray (None: all)

@@ -24,6 +24,7 @@
 ``manifest_id`` hashes the inputs (each input file's name, size and Parquet footer), the recipe,
 the seed, the size, the feedback reports and the boosts, and the engine version: the same inputs
 give the same id and a byte-identical file, and a build whose file exists returns it at once.
+:func:`manifest_identity` gives the id without building (reads footers and reports only).
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ import pyarrow.parquet as pq
 
 from engine import sampling, schema
 from engine.catalog import connect_catalog
-from engine.feedback import FeedbackConfig, read_boosts, sample_multipliers, stage_feedback
+from engine.feedback import (
+    FeedbackConfig,
+    FeedbackState,
+    read_boosts,
+    sample_multipliers,
+    stage_feedback,
+)
 from engine.recipe import BOOL_COLUMNS, CAPTION_FORMS, NUMERIC_COLUMNS, TAG_SOURCES, Recipe
 from engine.workspace import Workspace
 
@@ -496,19 +503,31 @@ def image_to_image_pairs(
     return source_of_group[t_group[keep]], t_rows[keep]
 
 
-def build_manifest(
-    ws: Workspace, recipe: Recipe, seed: int = 0, size: int | None = None, force: bool = False
-) -> ManifestResult:
-    """Build (or find) the manifest of ``recipe`` over the workspace; see the module docstring."""
+def feedback_config(recipe: Recipe) -> FeedbackConfig:
+    """The recipe's [feedback] step as engine.feedback's config."""
+    f = recipe.feedback
+    return FeedbackConfig(step_size=f.step_size, smoothing=f.smoothing, cap=f.cap, min_samples=f.min_samples)
+
+
+@dataclass
+class ManifestInputs:
+    """Everything a manifest's identity hashes, read once (cheap: Parquet footers, feedback reports
+    and boost files; no table is scanned)."""
+
+    manifest_id: str
+    identity: dict  # what make_manifest_id hashes
+    inputs: dict[str, dict]  # input_fingerprints
+    feedback: FeedbackState | None  # None when the recipe disables feedback
+    boosts: pa.Table  # read_boosts: sample_id, factor
+    boosts_fingerprint: str
+
+
+def gather_inputs(ws: Workspace, recipe: Recipe, seed: int = 0, size: int | None = None) -> ManifestInputs:
+    """The identity of the manifest ``build_manifest(ws, recipe, seed, size)`` would write, with the
+    feedback state and boosts it reads; raises ManifestError for a size below 1."""
     if size is not None and size < 1:
         raise ManifestError("size must be a positive number of draws")
-    feedback_cfg = FeedbackConfig(
-        step_size=recipe.feedback.step_size,
-        smoothing=recipe.feedback.smoothing,
-        cap=recipe.feedback.cap,
-        min_samples=recipe.feedback.min_samples,
-    )
-    feedback = stage_feedback(ws, recipe.stage, feedback_cfg) if recipe.feedback.enabled else None
+    feedback = stage_feedback(ws, recipe.stage, feedback_config(recipe)) if recipe.feedback.enabled else None
     boosts, boosts_fingerprint = read_boosts(ws, recipe.stage)
     inputs = input_fingerprints(ws)
     identity = {
@@ -520,8 +539,30 @@ def build_manifest(
         "feedback": feedback.fingerprint if feedback else "",
         "boosts": boosts_fingerprint,
     }
-    manifest_id = make_manifest_id(identity)
-    rel = f"{MANIFESTS}/{recipe.stage}/{manifest_id}"
+    return ManifestInputs(make_manifest_id(identity), identity, inputs, feedback, boosts, boosts_fingerprint)
+
+
+def manifest_identity(
+    ws: Workspace, recipe: Recipe, seed: int = 0, size: int | None = None
+) -> tuple[str, dict]:
+    """(manifest_id, identity) of a build without building it: what a service answers at once."""
+    found = gather_inputs(ws, recipe, seed, size)
+    return found.manifest_id, found.identity
+
+
+def manifest_rel(stage: str, manifest_id: str) -> str:
+    """The workspace path of a manifest without suffix (``.parquet`` and ``.json`` follow)."""
+    return f"{MANIFESTS}/{stage}/{manifest_id}"
+
+
+def build_manifest(
+    ws: Workspace, recipe: Recipe, seed: int = 0, size: int | None = None, force: bool = False
+) -> ManifestResult:
+    """Build (or find) the manifest of ``recipe`` over the workspace; see the module docstring."""
+    found = gather_inputs(ws, recipe, seed, size)
+    manifest_id, identity, inputs = found.manifest_id, found.identity, found.inputs
+    feedback, boosts, boosts_fingerprint = found.feedback, found.boosts, found.boosts_fingerprint
+    rel = manifest_rel(recipe.stage, manifest_id)
     if not force and ws.exists(f"{rel}.parquet") and ws.exists(f"{rel}.json"):
         sidecar = json.loads(ws.read_text(f"{rel}.json"))
         return ManifestResult(

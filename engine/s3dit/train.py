@@ -4,7 +4,8 @@
 (``model, ema, opt, cfg, step`` plus the sampler state). Stages run in order (``lowres, omni,
 sft``), each on its own manifest, carrying the weights and optimizer across. Every
 ``feedback_every`` steps the loss per concept of the recent draws goes to the engine
-(:func:`engine.s3dit.concept_loss.send_feedback`).
+(:func:`engine.s3dit.concept_loss.send_feedback`, or ``POST /v1/feedback`` of a running service
+when ``ZCURATE_FEEDBACK_URL`` is set: :func:`report_feedback`).
 
 Exact resume: a run killed after any checkpoint and started again with the same config ends with
 the same weights as an uninterrupted run (tested on CPU). Randomness is a function of (seed,
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -204,6 +206,40 @@ class Logger:
 # --- main -------------------------------------------------------------------------------------------
 
 
+FEEDBACK_TIMEOUT_S = 30.0  # a report is a few kB; a service that takes longer is down, and training stops
+
+
+def report_feedback(ws: Workspace, report) -> str:
+    """Hand a concept-loss report to the engine; returns where it went (a workspace path).
+
+    With ``ZCURATE_FEEDBACK_URL`` set (a service's base URL, e.g. ``http://curator:8000``) the
+    report is POSTed to its ``/v1/feedback`` with ``ZCURATE_API_KEY`` as the Bearer key, for a
+    trainer that cannot write the workspace; otherwise :func:`send_feedback` writes it. Rows
+    whose loss is not finite (a diverged batch) carry no signal and are left out of the POST.
+    """
+    url = os.environ.get("ZCURATE_FEEDBACK_URL", "").rstrip("/")
+    if not url:
+        return send_feedback(ws, report)
+    rows = report.to_pylist()
+    losses = [
+        {k: r[k] for k in ("concept_id", "samples", "loss_mean", "loss_std")}
+        for r in rows
+        if math.isfinite(r["loss_mean"]) and math.isfinite(r["loss_std"])
+    ]
+    body = {
+        "stage": rows[0]["stage"],
+        "step": rows[0]["step"],
+        "manifest": rows[0]["manifest"],
+        "losses": losses,
+    }
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("ZCURATE_API_KEY"):
+        headers["Authorization"] = f"Bearer {os.environ['ZCURATE_API_KEY']}"
+    request = urllib.request.Request(f"{url}/v1/feedback", json.dumps(body).encode(), headers, method="POST")
+    with urllib.request.urlopen(request, timeout=FEEDBACK_TIMEOUT_S) as response:
+        return json.loads(response.read())["path"]
+
+
 def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_at: int | None = None) -> dict:
     """Train every stage of ``cfg``; resumes from the run's latest checkpoint when there is one.
 
@@ -328,7 +364,7 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
             if stage_step % cfg.feedback_every == 0 or stage_step == cfg.steps:
                 report = concept_losses(stage, step, current, *recent)
-                summary["feedback"].append(send_feedback(ws, report))
+                summary["feedback"].append(report_feedback(ws, report))
                 followed = refresh_weights(loader, cfg.manifests[stage], current, ws)
                 if followed != current:
                     summary["refreshed"].append(followed)

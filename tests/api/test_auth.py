@@ -13,7 +13,14 @@ from api.settings import Settings
 from tests.api.conftest import KEYS, assert_error, auth
 
 JOB = "0" * 32  # a well-formed job id that does not exist
+MANIFEST = "0" * 16  # a well-formed manifest id that does not exist
+REPORT = {"stage": "auth-test", "step": 1, "losses": [{"concept_id": "1", "samples": 4, "loss_mean": 0.5}]}
 ROUTES = [  # method, path, body, scope
+    ("GET", "/v1/manifests", None, "read"),
+    ("GET", f"/v1/manifests/{MANIFEST}", None, "read"),
+    ("GET", f"/v1/manifests/{MANIFEST}/data", None, "read"),
+    ("POST", "/v1/manifests", {"stage": "nosuch"}, "write"),
+    ("POST", "/v1/feedback", REPORT, "write"),
     ("GET", "/v1/stats", None, "read"),
     ("GET", "/v1/concepts/entity.n.01", None, "read"),
     ("GET", "/v1/search?text=a%20cat", None, "read"),

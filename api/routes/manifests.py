@@ -1,0 +1,127 @@
+"""/v1/manifests: ask for a stage's manifest (write scope), follow its build, read its sidecar, and
+download its Parquet (HTTP Range requests, so a trainer can read row groups or resume)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import FileResponse
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
+
+from api.auth import ReadScope, WriteScope
+from api.deps import State
+from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from api.manifests import Build
+from api.schemas import (
+    MANIFEST_ID_PATTERN,
+    STAGE_PATTERN,
+    ManifestRequest,
+    ManifestStatus,
+    ManifestSummary,
+)
+from engine.manifest import ManifestError
+from engine.recipe import load_recipe, shipped_recipes
+
+router = APIRouter(
+    tags=["manifests"],
+    responses={**ERROR_RESPONSES, 404: {"model": ErrorBody, "description": "no such manifest"}},
+)
+ManifestId = Annotated[str, Path(pattern=MANIFEST_ID_PATTERN, description="A manifest id (16 hex digits)")]
+PARQUET = "application/vnd.apache.parquet"
+
+
+def manifest_status(build: Build, sidecar: dict | None = None) -> ManifestStatus:
+    return ManifestStatus(
+        id=build.id,
+        stage=build.stage,
+        status=build.status,
+        error=build.error,
+        created=build.created,
+        started=build.started,
+        finished=build.finished,
+        sidecar=sidecar,
+    )
+
+
+def found(state: State, manifest_id: str) -> Build:
+    build = state.manifests.get(manifest_id)
+    if build is None:
+        raise ApiError(404, "not_found", f"no manifest {manifest_id}")
+    return build
+
+
+@router.post("/manifests", response_model=ManifestStatus, status_code=202, dependencies=[WriteScope])
+def post_manifest(body: ManifestRequest, state: State) -> ManifestStatus:
+    if body.stage not in shipped_recipes():
+        raise ApiError(
+            422, "invalid_recipe", f"no recipe {body.stage!r}: use one of {', '.join(shipped_recipes())}"
+        )
+    if body.size is not None and body.size > state.settings.manifest_max_draws:
+        raise ApiError(422, "invalid_request", f"size must be at most {state.settings.manifest_max_draws}")
+    # A RecipeError names the key; the other types catch an override value of a JSON type the
+    # recipe checker did not expect. Bad input either way: a 422, never a 500.
+    try:
+        recipe = load_recipe(body.stage, body.overrides)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ApiError(422, "invalid_recipe", str(e) or type(e).__name__) from None
+    try:
+        build = state.manifests.request(recipe, body.seed, body.size)
+    except ManifestError as e:
+        raise ApiError(422, "invalid_request", str(e)) from None
+    return manifest_status(build)
+
+
+@router.get("/manifests", response_model=list[ManifestSummary], dependencies=[ReadScope])
+def list_manifests(
+    state: State,
+    stage: Annotated[str | None, Query(pattern=STAGE_PATTERN, description="Only this stage's")] = None,
+) -> list[ManifestSummary]:
+    return [ManifestSummary(**row) for row in state.manifests.listing(stage)]
+
+
+@router.get("/manifests/{manifest_id}", response_model=ManifestStatus, dependencies=[ReadScope])
+def get_manifest(manifest_id: ManifestId, state: State) -> ManifestStatus:
+    build = found(state, manifest_id)
+    sidecar = state.manifests.sidecar(build) if build.status == "ready" else None
+    return manifest_status(build, sidecar)
+
+
+@router.get(
+    "/manifests/{manifest_id}/data",
+    dependencies=[ReadScope],
+    response_class=FileResponse,
+    responses={
+        200: {"content": {PARQUET: {}}, "description": "The manifest's Parquet file"},
+        206: {"content": {PARQUET: {}}, "description": "The requested byte range(s)"},
+        400: {"model": ErrorBody, "description": "a malformed Range header"},
+        409: {"model": ErrorBody, "description": "the manifest is not built yet"},
+        416: {"model": ErrorBody, "description": "a range outside the file"},
+    },
+)
+def get_manifest_data(manifest_id: ManifestId, request: Request, state: State) -> FileResponse:
+    build = found(state, manifest_id)
+    if build.status != "ready":
+        raise ApiError(409, "not_ready", f"manifest {manifest_id} is {build.status}")
+    path = state.manifests.data_path(build)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:  # removed since the lookup
+        raise ApiError(404, "not_found", f"no manifest {manifest_id}") from None
+    http_range = request.headers.get("range")
+    if http_range is not None:
+        # Starlette's FileResponse serves ranges (206, multipart for several) but answers bad ones in
+        # plain text: check them first with its own parser so every error is our JSON shape.
+        try:
+            FileResponse._parse_range_header(http_range, size)
+        except MalformedRangeHeader as e:
+            raise ApiError(400, "bad_range", e.content) from None
+        except RangeNotSatisfiable:
+            raise ApiError(
+                416,
+                "range_not_satisfiable",
+                f"the file has {size} bytes",
+                {"Content-Range": f"bytes */{size}"},
+            ) from None
+    return FileResponse(path, media_type=PARQUET, filename=f"{build.stage}-{build.id}.parquet")
