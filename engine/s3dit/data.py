@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tarfile
+import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -38,11 +39,29 @@ class ManifestError(ValueError):
     """A manifest that cannot be trained on (missing columns, no positive weight, bad buckets)."""
 
 
-def read_manifest(location: str) -> pa.Table:
-    """Read a manifest Parquet (local path or pyarrow URI) and check the columns the loader needs."""
-    fs, path = open_filesystem(location)
+def fetch_manifest(url: str) -> pa.Table:
+    """A manifest from the REST service: ``GET {url}`` (``.../v1/manifests/ID/data``) with
+    ``ZCURATE_API_KEY`` as the Bearer key; the images its rows name must be readable here too."""
+    headers = {}
+    if os.environ.get("ZCURATE_API_KEY"):
+        headers["Authorization"] = f"Bearer {os.environ['ZCURATE_API_KEY']}"
     try:
-        table = pq.read_table(path, filesystem=fs)
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=600) as response:
+            data = response.read()
+    except (OSError, ValueError) as e:  # URLError/HTTPError are OSErrors
+        raise ManifestError(f"cannot fetch manifest {url!r}: {e}") from None
+    return pq.read_table(pa.BufferReader(data))
+
+
+def read_manifest(location: str) -> pa.Table:
+    """Read a manifest Parquet (local path, pyarrow URI, or the REST service's data URL) and
+    check the columns the loader needs."""
+    try:
+        if location.startswith(("http://", "https://")):
+            table = fetch_manifest(location)
+        else:
+            fs, path = open_filesystem(location)
+            table = pq.read_table(path, filesystem=fs)
     except (OSError, pa.ArrowException) as e:
         raise ManifestError(f"cannot read manifest {location!r}: {e}") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]

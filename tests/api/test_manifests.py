@@ -223,3 +223,19 @@ def test_a_removed_manifest_is_gone_and_built_again(client, workspace):
     )  # a new build, not the old record
     assert wait_built(client, manifest_id)["status"] == "ready"
     assert ws.exists("manifests", "lowres", f"{manifest_id}.parquet")
+
+
+def test_the_trainer_reads_a_manifest_from_the_service(base_url, built, monkeypatch):
+    """engine.s3dit's loader takes the data URL as a manifest location (`zcurate train --manifest
+    lowres=http://.../v1/manifests/ID/data`), with the key from ZCURATE_API_KEY."""
+    from engine.s3dit.data import ManifestError, read_manifest
+    from tests.api.conftest import KEYS
+
+    url = f"{base_url}/v1/manifests/{built['id']}/data"
+    monkeypatch.setenv("ZCURATE_API_KEY", KEYS["reader"])
+    table = read_manifest(url)
+    assert table.num_rows == built["sidecar"]["counts"]["rows"]
+    assert table.schema.field("concept_ids").type == pa.list_(pa.string())  # ids as the loss reports use
+    monkeypatch.delenv("ZCURATE_API_KEY")
+    with pytest.raises(ManifestError, match="401"):
+        read_manifest(url)
