@@ -269,7 +269,7 @@ def pool_concepts(ws: Workspace, recipe: Recipe, index: PoolIndex) -> sampling.C
         concepts = ws.read_table("concepts", ["concept_id", "depth"])
         at_depth = concepts.filter(pc.equal(concepts["depth"], cfg.depth)).select(["concept_id"])
         ancestors = ws.read_table("concept_ancestors", ["concept_id", "ancestor_id"])
-        mapping = ancestors.join(at_depth.rename_columns(["ancestor_id"]), "ancestor_id")
+        mapping = ancestors.join(at_depth.rename_columns(["ancestor_id"]), "ancestor_id", join_type="inner")
         tags = tags.join(mapping, "concept_id", join_type="left outer")
         mapped = pc.coalesce(tags["ancestor_id"], tags["concept_id"])
         tags = pa.table({"sample_id": tags["sample_id"], "concept_id": mapped})

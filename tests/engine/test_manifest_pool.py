@@ -108,3 +108,24 @@ def test_manifest_on_the_hand_written_workspace(tmp_path):
         assert a.read() == b.read()
     with pytest.raises(ManifestError, match="keeps no sample"):
         build_manifest(ws, load_recipe("lowres", {"filters.entropy.min": 1e9}), seed=0)
+
+
+def test_concepts_mapped_to_their_ancestors_at_a_depth(tmp_path):
+    ws, ids = write_workspace(str(tmp_path / "ws"))
+    depth = {20: 0, 10: 1, 3: 1, 1: 2, 2: 2}  # 20 root; 10 parent of 1 and 2; 3 under the root
+    concepts = [
+        {"concept_id": c, "synset": f"c{c}.n.01", "depth": d, "source": "wordnet"} for c, d in depth.items()
+    ]
+    ancestors = [(1, 1, 0), (1, 10, 1), (1, 20, 2), (2, 2, 0), (2, 10, 1), (2, 20, 2), (3, 3, 0), (3, 20, 1)]
+    ancestors += [(10, 10, 0), (10, 20, 1), (20, 20, 0)]
+    ws.write_shard("concepts", schema.GRAPH_SHARD, pa.Table.from_pylist(concepts, schema=schema.CONCEPTS))
+    rows = [{"concept_id": c, "ancestor_id": a, "distance": d} for c, a, d in ancestors]
+    ws.write_shard(
+        "concept_ancestors", schema.GRAPH_SHARD, pa.Table.from_pylist(rows, schema=schema.CONCEPT_ANCESTORS)
+    )
+    pool, sets, _ = load_pool(ws, load_recipe("lowres", {"concepts.min_score": 0.0, "concepts.depth": 1}))
+    assert sets.concept_ids.tolist() == [3, 10]  # 1 and 2 become their parent 10; 3 is at depth 1
+    for row, s in enumerate(pool["sample_id"].to_pylist()):
+        i = ids.index(s)
+        carried = sets.concept_ids[sets.index[sets.offsets[row] : sets.offsets[row + 1]]].tolist()
+        assert carried == ([10] if i % 3 == 0 else [3] if i % 3 == 1 else [])
