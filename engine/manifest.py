@@ -29,9 +29,11 @@ give the same id and a byte-identical file, and a build whose file exists return
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -101,11 +103,23 @@ class ManifestResult:
     cached: bool  # the file existed already (same inputs, recipe and seed)
 
 
+# The modules whose code decides a manifest's bytes: their digest is part of the engine version,
+# so a fixed or changed rule gives new manifest ids instead of returning files the old code wrote.
+MANIFEST_CODE = ("manifest.py", "sampling.py", "recipe.py", "feedback.py")
+
+
+@functools.cache
 def engine_version() -> str:
+    """The package version plus a digest of the manifest code, e.g. ``0.1.0+3f2a9c0d1e2b``."""
     try:
-        return metadata.version("zcurate")
+        version = metadata.version("zcurate")
     except metadata.PackageNotFoundError:
-        return "0+unknown"
+        version = "0"
+    digest = hashlib.sha256()
+    for name in MANIFEST_CODE:
+        with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
+            digest.update(f.read())
+    return f"{version}+{digest.hexdigest()[:12]}"
 
 
 # --- identity ----------------------------------------------------------------------------------

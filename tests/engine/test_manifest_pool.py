@@ -103,6 +103,8 @@ def test_manifest_on_the_hand_written_workspace(tmp_path):
     side = result.sidecar
     assert side["counts"]["unprofiled"] == 1 and side["counts"]["dedup_removed"] > 0
     assert any("filter nsfw_score" in w for w in side["warnings"])  # no safety stage: kept, warned
+    version, _, code = side["engine_version"].partition("+")  # the manifest code's digest counts
+    assert version and len(code) == 12 and int(code, 16) >= 0
     again = build_manifest(ws, recipe, seed=0, force=True)
     with open(result.path, "rb") as a, open(again.path, "rb") as b:
         assert a.read() == b.read()
