@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: WordNet (concept graph), openclipart (demo and test data), CJK fonts (OCR tests).
-APT_PACKAGES=(wordnet-base openclipart-png openclipart-svg fonts-noto-cjk fonts-wqy-microhei fonts-dejavu-core fontconfig make)
+# Debian packages: WordNet (concept graph), openclipart (demo and test data), CJK fonts (OCR tests),
+# chromium + its driver (the dashboard's browser tests; Playwright drives it, no browser download).
+APT_PACKAGES=(wordnet-base openclipart-png openclipart-svg fonts-noto-cjk fonts-wqy-microhei fonts-dejavu-core fontconfig make
+  chromium chromium-driver)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
