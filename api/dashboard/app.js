@@ -150,10 +150,18 @@ async function showSample(sampleId) {
     h("table", { id: "detail-scores" }, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))),
     community,
     h("h3", {}, "concepts"),
-    h("div", { class: "chips" }, d.tags.length ? d.tags.map((t) => h("a", { class: "chip", href: `#concepts?c=${t.synset}`, title: `${t.source} ${fmt(t.score)}` }, t.synset)) : h("span", { class: "muted" }, "untagged")),
+    h("div", { class: "chips" }, tagChips(d.tags)),
     h("p", {}, h("a", { href: `#search?sample=${sampleId}` }, "similar images")),
     h("p", { class: "muted" }, h("code", {}, sampleId), h("br"), s.uri || ""),
   );
+}
+
+// One chip per concept, its tag sources (caption, ocr, clip) in the tooltip.
+function tagChips(tags) {
+  if (!tags.length) return h("span", { class: "muted" }, "untagged");
+  const sources = new Map();
+  for (const t of tags) sources.set(t.synset, [...(sources.get(t.synset) || []), `${t.source} ${fmt(t.score)}`]);
+  return [...sources].map(([synset, how]) => h("a", { class: "chip", href: `#concepts?c=${synset}`, title: how.join(", ") }, synset));
 }
 
 function detailError(e) {
