@@ -238,9 +238,12 @@ class SampleFilter(BaseModel):
     height_min: float | None = None
     height_max: float | None = None
     concept: str | None = Field(
-        None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.'\-]+$",
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.'\-]+$",
         description="Tagged with this concept (id or synset name) or any concept below it",
-    )  # fmt: skip
+    )
     has_text: bool | None = Field(None, description="OCR found text (true) or found none (false)")
     community: str | None = Field(
         None, pattern=SAMPLE_ID_PATTERN, description="In this near-duplicate community (its representative)"
@@ -248,7 +251,7 @@ class SampleFilter(BaseModel):
     near_duplicate: bool | None = Field(None, description="In a near-duplicate community of two or more")
     caption: str | None = Field(None, min_length=1, max_length=200, description="Caption contains (any case)")
     sort: Literal[SORT_KEYS] = Field("sample_id", description="A column; '-' first for descending")  # type: ignore[valid-type]
-    offset: int = Field(0, ge=0, le=10_000_000)
+    offset: int = Field(0, ge=0, le=10_000_000)  # a page deep into 10M samples; deeper: filter more
     limit: int = Field(60, ge=1, le=500, description="Samples per page")
 
 

@@ -37,7 +37,7 @@ WAIT_MS = 90_000  # a page's slowest step here: the first text search loads the 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "screenshots")
 
 pytestmark = [
-    pytest.mark.slow,  # ~60 s: a browser, ~150 thumbnails made, the embedder loaded, a manifest built
+    pytest.mark.slow,  # ~30 s: a browser, ~150 thumbnails made, the embedder loaded, a manifest built
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium (scripts/setup.sh)"),
 ]
 
