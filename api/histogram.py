@@ -8,8 +8,9 @@ from engine.catalog import connect_catalog
 from engine.workspace import Workspace
 
 # Scores a recipe thresholds on (columns of the catalog's ``signals`` view; null where a stage
-# has not run): image-caption agreement, NSFW probability, OCR confidence and text area.
-SCORES = ("clip_score", "nsfw_score", "ocr_conf_mean", "text_area_ratio")
+# has not run): image-caption agreement, NSFW probability, OCR confidence and text area; then
+# sharpness and size, which the dashboard's overview plots too.
+SCORES = ("clip_score", "nsfw_score", "ocr_conf_mean", "text_area_ratio", "blur", "width", "height")
 BINS = 20  # 20 bins: fine enough to place a threshold at 5% of the range, readable as a bar chart
 
 
@@ -52,3 +53,18 @@ def score_histograms(ws: Workspace, scores: tuple[str, ...] = SCORES, bins: int 
         return out
     finally:
         con.close()
+
+
+def weight_histogram(path: str, bins: int = BINS) -> dict:
+    """The ``weight`` column of a manifest Parquet file as ``score_histograms`` records it:
+    equal-width bins over [min, max] (the top edge in the last bin; one bin when all are equal)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    weights = pq.read_table(path, columns=["weight"])["weight"].to_numpy().astype(np.float64)
+    weights = weights[np.isfinite(weights)]
+    if not len(weights):
+        return {"score": "weight", "count": 0, "edges": [], "counts": []}
+    lo, hi = float(weights.min()), float(weights.max())
+    counts, edges = np.histogram(weights, bins=bins if hi > lo else 1, range=(lo, hi))
+    return {"score": "weight", "count": len(weights), "edges": edges.tolist(), "counts": counts.tolist()}

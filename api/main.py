@@ -1,6 +1,7 @@
 """The FastAPI app: ``create_app(workspace)`` builds it and includes one router per noun.
 
-Run it with ``zcurate serve --workspace WS``. OpenAPI at /openapi.json, docs at /docs.
+Run it with ``zcurate serve --workspace WS``. OpenAPI at /openapi.json, docs at /docs, the
+dashboard at /.
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ from api.deps import ServiceState
 from api.errors import ApiError, error_response, install_error_handlers
 from api.jobs import JobRunner
 from api.manifests import ManifestBuilder
-from api.routes import concepts, feedback, health, jobs, manifests, query, search, stats
+from api.routes import (
+    concepts,
+    dashboard,
+    feedback,
+    health,
+    jobs,
+    manifests,
+    query,
+    samples,
+    search,
+    stats,
+    thumbnails,
+)
 from api.searcher import Searcher
 from api.settings import Settings
 from engine.catalog import connect_catalog
@@ -33,6 +46,8 @@ ROUTERS = (
     search.router,
     query.router,
     jobs.router,
+    samples.router,
+    thumbnails.router,
 )
 
 # Routes whose body is an uploaded image (limit: max_upload_bytes; every other body: max_body_bytes).
@@ -119,4 +134,5 @@ def create_app(workspace: str, settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_body=settings.max_body_bytes, max_upload=settings.max_upload_bytes)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1")
+    app.include_router(dashboard.router)  # the web page at / (api/routes/dashboard.py)
     return app

@@ -211,3 +211,104 @@ class FeedbackResult(BaseModel):
     path: str  # where the report went, in the workspace: feedback/<stage>/<step, 9 digits>.parquet
     rows: int
     multipliers: dict[str, Any]  # engine.feedback.concept_multipliers' summary after this report
+
+
+# --- samples, thumbnails and concept gaps (the dashboard's explorer and concept pages) ----------
+
+# Signals the explorer filters on by range (catalog ``signals`` columns; null where a stage has not run).
+RANGE_COLUMNS = ("clip_score", "nsfw_score", "text_area_ratio", "blur", "width", "height")
+SAMPLE_ID_PATTERN = r"^[0-9a-f]{32}$"  # engine.ingest.make_sample_id: 16-byte blake2b, hex
+SORT_KEYS = tuple(sorted(["sample_id", *RANGE_COLUMNS, *(f"-{c}" for c in RANGE_COLUMNS)]))
+
+
+class SampleFilter(BaseModel):
+    """Usable samples matching every given condition (``*_min`` <= value <= ``*_max``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    clip_score_min: float | None = None
+    clip_score_max: float | None = None
+    nsfw_score_min: float | None = None
+    nsfw_score_max: float | None = None
+    text_area_ratio_min: float | None = None
+    text_area_ratio_max: float | None = None
+    blur_min: float | None = None
+    blur_max: float | None = None
+    width_min: float | None = None
+    width_max: float | None = None
+    height_min: float | None = None
+    height_max: float | None = None
+    concept: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9_.'\-]+$",
+        description="Tagged with this concept (id or synset name) or any concept below it",
+    )
+    has_text: bool | None = Field(None, description="OCR found text (true) or found none (false)")
+    community: str | None = Field(
+        None, pattern=SAMPLE_ID_PATTERN, description="In this near-duplicate community (its representative)"
+    )
+    near_duplicate: bool | None = Field(None, description="In a near-duplicate community of two or more")
+    caption: str | None = Field(None, min_length=1, max_length=200, description="Caption contains (any case)")
+    sort: Literal[SORT_KEYS] = Field("sample_id", description="A column; '-' first for descending")  # type: ignore[valid-type]
+    offset: int = Field(0, ge=0, le=10_000_000)  # a page deep into 10M samples; deeper: filter more
+    limit: int = Field(60, ge=1, le=500, description="Samples per page")
+
+
+class SampleCard(BaseModel):
+    """One grid cell: what the explorer shows under a thumbnail."""
+
+    sample_id: str
+    caption: str | None = None
+    clip_score: float | None = None
+    nsfw_score: float | None = None
+    text_area_ratio: float | None = None
+    blur: float | None = None
+    width: int | None = None
+    height: int | None = None
+    has_text: bool | None = None  # null: OCR has not run on it
+    community_id: str | None = None
+
+
+class SamplePage(BaseModel):
+    total: int  # samples matching the filter
+    offset: int
+    limit: int
+    samples: list[SampleCard]
+
+
+class SampleDetail(BaseModel):
+    sample: dict[str, Any]  # the samples row
+    signals: dict[str, Any] | None = None  # the catalog's signals row (with OCR, clip and NSFW scores)
+    dedup: dict[str, Any] | None = None  # its dedup row plus community_size
+    tags: list[dict[str, Any]]  # concept_id, synset, source, score, span
+
+
+class Communities(BaseModel):
+    communities: int  # near-duplicate communities of two or more samples
+    samples: int  # samples in them
+    largest: list[dict[str, Any]]  # community_id, n_samples, max_sim; largest first
+
+
+class ConceptMatch(BaseModel):
+    concept_id: int
+    synset: str
+    depth: int | None = None
+    n_direct: int
+    n_rollup: int
+
+
+class ConceptGap(BaseModel):
+    concept_id: int
+    synset: str
+    n_rollup: int
+    share: float  # of the compared concepts' rolled-up count
+    target: float  # the prior's share (uniform over the level)
+    ratio: float  # share / target: > 1 over-, < 1 under-represented
+
+
+class ConceptGaps(BaseModel):
+    depth: int
+    concepts: int  # compared concepts at that depth
+    over: list[ConceptGap]  # most over-represented first
+    under: list[ConceptGap]  # most under-represented first

@@ -1,17 +1,19 @@
-"""GET /v1/concepts/{concept}: a concept (id or synset name) with its neighbours and their counts."""
+"""GET /v1/concepts/{concept}: a concept (id or synset name) with its neighbours and their counts;
+GET /v1/concepts?q=: concepts by name; GET /v1/concepts/gaps: the most over- and under-represented."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from api.auth import ReadScope
 from api.deps import State
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from api.sandbox import json_safe
-from api.schemas import ConceptNeighbourhood
-from engine.graph import concept_neighbourhood
+from api.schemas import ConceptGap, ConceptGaps, ConceptMatch, ConceptNeighbourhood
+from engine.catalog import connect_catalog
+from engine.graph import concept_neighbourhood, representation_gaps
 
 router = APIRouter(
     tags=["concepts"],
@@ -20,6 +22,46 @@ router = APIRouter(
 )
 
 MAX_ID = 2**63 - 1  # concept ids are BIGINT
+
+
+@router.get("/concepts", response_model=list[ConceptMatch])
+def search_concepts(
+    state: State,
+    q: Annotated[str, Query(min_length=1, max_length=100, description="Part of a synset name or lemma")],
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> list[ConceptMatch]:
+    """Concepts whose synset or a lemma contains ``q`` (any case, spaces as underscores): exact
+    names first, then the most samples (rolled up)."""
+    term = q.strip().lower().replace(" ", "_")
+    if not term:
+        raise ApiError(422, "invalid_request", "q is empty")
+    con = connect_catalog(state.ws)
+    try:
+        rows = con.sql(
+            "SELECT n.concept_id, n.synset, n.depth, n.n_direct, n.n_rollup FROM concept_counts n "
+            "JOIN concepts c USING (concept_id) "
+            "WHERE contains(lower(n.synset), ?) OR contains(lower(array_to_string(c.lemmas, ' ')), ?) "
+            "ORDER BY split_part(n.synset, '.', 1) <> ?, n.n_rollup DESC, n.synset LIMIT ?",
+            params=[term, term, term, limit],
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return [ConceptMatch(**row) for row in rows.to_pylist()]
+
+
+@router.get("/concepts/gaps", response_model=ConceptGaps)
+def concept_gaps(
+    state: State,
+    depth: Annotated[int, Query(ge=0, le=30, description="The graph level compared (6: dish, device)")] = 6,
+    top: Annotated[int, Query(ge=1, le=200, description="Concepts listed at each end")] = 10,
+) -> ConceptGaps:
+    """``engine.graph.representation_gaps`` against a uniform prior over the concepts at ``depth``."""
+
+    def compute() -> ConceptGaps:
+        rows = [ConceptGap(**json_safe(r)) for r in representation_gaps(state.ws, depth=depth).to_pylist()]
+        return ConceptGaps(depth=depth, concepts=len(rows), over=rows[:top], under=rows[::-1][:top])
+
+    return state.answers.get(("gaps", depth, top), compute)
 
 
 @router.get("/concepts/{concept}", response_model=ConceptNeighbourhood)

@@ -13,10 +13,12 @@ from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 from api.auth import ReadScope, WriteScope
 from api.deps import State
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
+from api.histogram import weight_histogram
 from api.manifests import Build
 from api.schemas import (
     MANIFEST_ID_PATTERN,
     STAGE_PATTERN,
+    Histogram,
     ManifestRequest,
     ManifestStatus,
     ManifestSummary,
@@ -86,6 +88,23 @@ def get_manifest(manifest_id: ManifestId, state: State) -> ManifestStatus:
     build = found(state, manifest_id)
     sidecar = state.manifests.sidecar(build) if build.status == "ready" else None
     return manifest_status(build, sidecar)
+
+
+@router.get(
+    "/manifests/{manifest_id}/weights",
+    response_model=Histogram,
+    dependencies=[ReadScope],
+    responses={409: {"model": ErrorBody, "description": "the manifest is not built yet"}},
+)
+def get_manifest_weights(manifest_id: ManifestId, state: State) -> Histogram:
+    """The distribution of the manifest's row weights (20 equal-width bins), for the dashboard."""
+    build = found(state, manifest_id)
+    if build.status != "ready":
+        raise ApiError(409, "not_ready", f"manifest {manifest_id} is {build.status}")
+    try:
+        return Histogram(**weight_histogram(state.manifests.data_path(build)))
+    except FileNotFoundError:  # removed since the lookup
+        raise ApiError(404, "not_found", f"no manifest {manifest_id}") from None
 
 
 @router.get(
