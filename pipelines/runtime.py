@@ -35,6 +35,7 @@ from engine.workspace import Workspace
 # No usage-stats prompt or upload: these machines reach no network beyond package registries.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+logger = logging.getLogger(__name__)
 SHIP_CODE_ENV = "ZCURATE_RAY_SHIP_CODE"  # "1": send engine/ and pipelines/ to the cluster's workers
 FAILED_DIR = "_failed"  # in a workspace: <shard_id>.json for each shard that failed every attempt
 MAX_ATTEMPTS = 3  # tries per shard: a lost node or a flaky read gets two more chances; a file that
@@ -167,7 +168,7 @@ def map_shards(
     todo = list(range(len(items)))
     show = sys.stderr.isatty() if progress is None else progress
     with tqdm(total=len(items), unit="shard", disable=not show, desc=desc) as bar:
-        for _ in range(MAX_ATTEMPTS):
+        for attempt in range(1, MAX_ATTEMPTS + 1):
             if not todo:
                 break
             came_back = set()
@@ -183,6 +184,15 @@ def map_shards(
                 if key not in came_back:  # its task failed: the worker process died under it
                     errors[key] = WORKER_DIED
             todo = sorted(errors)
+            if todo and attempt < MAX_ATTEMPTS:
+                logger.warning(
+                    "%s: %d shards failed (attempt %d of %d), trying them again; first error: %s",
+                    desc,
+                    len(todo),
+                    attempt,
+                    MAX_ATTEMPTS,
+                    errors[todo[0]],
+                )
     failures = [ShardFailure(items[key], errors[key], MAX_ATTEMPTS) for key in todo]
     return results, failures
 

@@ -98,17 +98,19 @@ class LocalCluster:
     def address(self) -> str:
         return f"{NODE_IP}:{self.gcs_port}"
 
-    def env(self) -> dict:
+    def env(self, code: bool = True) -> dict:
+        """The environment of the nodes (``code``: with this checkout on PYTHONPATH)."""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         return {
-            **os.environ,
-            "PYTHONPATH": REPO,
+            **env,
+            **({"PYTHONPATH": REPO} if code else {}),
             "RAY_USAGE_STATS_ENABLED": "0",
             # `ray start` turns token authentication on by default since Ray 2.5x; a throw-away cluster
             # on 127.0.0.1 needs none (a real cluster hands its drivers RAY_AUTH_TOKEN instead).
             "RAY_AUTH_MODE": "disabled",
         }
 
-    def _start(self, name: str, num_cpus: int, head: bool) -> RayNode:
+    def _start(self, name: str, num_cpus: int, head: bool, code: bool = True) -> RayNode:
         nm_port, workers = free_port(), free_port_range(WORKER_PORTS)
         args = [
             RAY,
@@ -142,7 +144,7 @@ class LocalCluster:
         log = os.path.join(self.temp_dir, f"{name}.log")
         with open(log, "w") as out:
             process = subprocess.Popen(
-                args, env=self.env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                args, env=self.env(code), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         node = RayNode(name, process, nm_port, log)
         self.nodes.append(node)
@@ -170,8 +172,9 @@ class LocalCluster:
     def start_head(self, num_cpus: int = 1) -> RayNode:
         return self._start("head_node", num_cpus, head=True)
 
-    def add_worker(self, name: str = "worker_node", num_cpus: int = 1) -> RayNode:
-        return self._start(name, num_cpus, head=False)
+    def add_worker(self, name: str = "worker_node", num_cpus: int = 1, code: bool = True) -> RayNode:
+        """Start a worker node (``code=False``: without this checkout on its PYTHONPATH)."""
+        return self._start(name, num_cpus, head=False, code=code)
 
     def kill_node(self, node: RayNode) -> None:
         """SIGKILL a node's raylet and everything under its `ray start`, as a lost machine would go."""

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from engine.cli import app
 from engine.plan import load_plans
 from engine.workspace import Workspace
-from pipelines.runtime import FAILED_DIR, WORKER_DIED
+from pipelines.runtime import FAILED_DIR, SHIP_CODE_ENV, WORKER_DIED, ray_session
 from pipelines.stages import IMAGE_STAGES
 from tests.data import write_noise_folder
 from tests.ray_cluster import LocalCluster, PoisonStage
@@ -135,8 +135,9 @@ def test_cluster_run_equals_the_single_process_run(cluster, case_folder, tmp_pat
 
 
 def test_a_worker_node_killed_mid_job_loses_nothing(cluster, tmp_path):
-    """A third node joins, takes shards, and is SIGKILLed (raylet and workers) mid-job: the job
-    finishes on the two nodes left, exit 0, every record exactly once."""
+    """A third node joins, takes shards, and is SIGKILLed (raylet and workers) mid-job: the shards
+    queued on it fail, are tried again on the two nodes left, and the job exits 0 with every
+    record exactly once."""
     doomed = cluster.add_worker("doomed_node", num_cpus=1)
     n = 160
     src = write_noise_folder(str(tmp_path / "src"), n, size=(256, 256))
@@ -155,6 +156,7 @@ def test_a_worker_node_killed_mid_job_loses_nothing(cluster, tmp_path):
         job.kill()
     assert killed_at < n // 4, "the kill came too late to matter"
     assert job.returncode == 0, err[-3000:]
+    assert "trying them again" in err  # the shards queued on the lost node failed, and came back
     assert_exactly_once(ws, n)
     assert Workspace(ws).list_files(FAILED_DIR, ".json") == []
 
@@ -182,3 +184,28 @@ def test_driver_sigkilled_on_the_cluster_then_rerun_resumes(cluster, tmp_path):
     assert {p: os.stat(p).st_mtime_ns for p in done} == done  # not redone
     assert f"{n // 4 - len(done)} / {n // 4}" in out  # shards run / total
     assert_exactly_once(ws, n)
+
+
+def test_ship_code_sends_this_checkout_to_the_workers(cluster, monkeypatch, tmp_path):
+    """ZCURATE_RAY_SHIP_CODE=1: a node without this checkout on its PYTHONPATH imports engine/
+    and pipelines/ from the job's runtime_env (uploaded by the driver)."""
+    import ray
+
+    bare = cluster.add_worker("bare_node", num_cpus=1, code=False)
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    monkeypatch.setenv(SHIP_CODE_ENV, "1")
+    monkeypatch.chdir(tmp_path)  # Ray puts the driver's working directory on the workers' sys.path
+
+    @ray.remote(num_cpus=0, resources={"bare_node": 1})
+    def where_from() -> list[str]:
+        import engine
+        import pipelines
+
+        return [engine.__file__, pipelines.__file__]
+
+    try:
+        with ray_session():
+            paths = ray.get(where_from.remote(), timeout=120)
+    finally:
+        cluster.kill_node(bare)
+    assert all("runtime_resources/py_modules_files" in p for p in paths), paths
