@@ -153,7 +153,8 @@ def map_shards(
     One actor per CPU (models set up once per actor), each with two items queued so it never
     waits for the scheduler between items. An item whose worker raised, or whose worker process
     died (Ray restarts the actor; a lost node's actors come back on the nodes left), is run again
-    in a new round, up to ``MAX_ATTEMPTS`` times in all. Call inside ``ray_session``.
+    in a new round, up to ``MAX_ATTEMPTS`` times in all; retry rounds queue one item per actor, so
+    an item that kills its process fails alone. Call inside ``ray_session``.
 
     Args:
         items: JSON-able dicts, one per unit of work (a shard).
@@ -172,7 +173,10 @@ def map_shards(
             if not todo:
                 break
             came_back = set()
-            for row in _run_round(items, todo, worker, worker_kwargs, num_gpus):
+            # Retries run one shard per worker process at a time: a shard whose file kills the
+            # process then takes no queued neighbour down with it.
+            queued = 2 if attempt == 1 else 1
+            for row in _run_round(items, todo, worker, worker_kwargs, num_gpus, queued):
                 came_back.add(row["key"])
                 if row["error"]:
                     errors[row["key"]] = row["error"]
@@ -197,8 +201,11 @@ def map_shards(
     return results, failures
 
 
-def _run_round(items: list[dict], keys: list[int], worker: type, worker_kwargs: dict, num_gpus: float):
-    """One Ray Data execution over ``items[key]`` for ``keys``; yields the ``_Guarded`` rows."""
+def _run_round(
+    items: list[dict], keys: list[int], worker: type, worker_kwargs: dict, num_gpus: float, queued: int
+):
+    """One Ray Data execution over ``items[key]`` for ``keys`` (``queued`` items in flight per
+    actor); yields the ``_Guarded`` rows."""
     import ray
 
     # A task whose actor died is dropped from the execution instead of failing every other
@@ -210,7 +217,7 @@ def _run_round(items: list[dict], keys: list[int], worker: type, worker_kwargs: 
     if num_gpus:
         workers = max(1, min(workers, int(ray.cluster_resources().get("GPU", 0) / num_gpus) or 1))
     pool = ray.data.ActorPoolStrategy(
-        min_size=1, max_size=workers, initial_size=workers, max_tasks_in_flight_per_actor=2
+        min_size=1, max_size=workers, initial_size=workers, max_tasks_in_flight_per_actor=queued
     )
     dataset = dataset.map(
         _Guarded,
