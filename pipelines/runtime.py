@@ -40,8 +40,6 @@ SHIP_CODE_ENV = "ZCURATE_RAY_SHIP_CODE"  # "1": send engine/ and pipelines/ to t
 FAILED_DIR = "_failed"  # in a workspace: <shard_id>.json for each shard that failed every attempt
 MAX_ATTEMPTS = 3  # tries per shard: a lost node or a flaky read gets two more chances; a file that
 # kills its worker every time costs three worker restarts (a few seconds each), then is reported
-
-
 WORKER_DIED = "the worker process died (a crash in native code, out of memory, or a lost node)"
 
 
@@ -91,6 +89,9 @@ def code_runtime_env() -> dict | None:
 @contextmanager
 def ray_session(num_cpus: int | None = None) -> Iterator[None]:
     """Connect to Ray for the duration of a job, and shut down what this job started.
+
+    On a cluster the job's runtime_env ships our code when ``ZCURATE_RAY_SHIP_CODE=1``
+    (``code_runtime_env``).
 
     Args:
         num_cpus: CPUs for a local Ray (default: all of this machine's). Ignored on a cluster.

@@ -136,6 +136,8 @@ class LocalCluster:
             args += [
                 "--head",
                 f"--port={self.gcs_port}",
+                # No dashboard (so no `ray job submit` here): its packages (ray[default]) are not
+                # in this venv; a driver with RAY_ADDRESS is what a submitted job runs anyway.
                 "--include-dashboard=false",
                 f"--temp-dir={self.temp_dir}",
             ]
