@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
@@ -31,7 +32,8 @@ from tests.ray_cluster import LocalCluster, PoisonStage
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ZCURATE = os.path.join(os.path.dirname(sys.executable), "zcurate")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUSY_CPU_S = 0.1  # CPU seconds per second that mark a working actor (an idle one uses ~0; a busy
+# one gets 0.2-1 on this shared 2-core machine)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +74,28 @@ def wait_for_shards(ws: str, n: int, job: subprocess.Popen, timeout: float = 240
         assert job.poll() is None, "the job ended before the fault could be injected"
         assert time.time() < deadline, "no shard finished in time"
         time.sleep(0.05)
+
+
+def wait_for_actor(node, job: subprocess.Popen, timeout: float = 120) -> psutil.Process:
+    """The node's Ray Data actor process, once it exists."""
+    deadline = time.time() + timeout
+    while True:
+        actors = [p for p in node.processes() if "MapWorker" in p.name()]
+        if actors:
+            return actors[0]
+        assert job.poll() is None and time.time() < deadline, "the node never got an actor"
+        time.sleep(0.05)
+
+
+def wait_until_busy(process: psutil.Process, job: subprocess.Popen, timeout: float = 120) -> None:
+    """Until ``process`` uses CPU (BUSY_CPU_S per second): an actor with a shard in hand."""
+    deadline = time.time() + timeout
+    while True:
+        before = sum(process.cpu_times()[:2])
+        time.sleep(0.5)
+        if sum(process.cpu_times()[:2]) - before >= BUSY_CPU_S / 2:
+            return
+        assert job.poll() is None and time.time() < deadline, "the node's actor never got a shard"
 
 
 def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path, monkeypatch):
@@ -146,12 +170,11 @@ def test_a_worker_node_killed_mid_job_loses_nothing(cluster, tmp_path):
     job = zcurate_on(cluster, "curate", src, "-w", ws, "--shard-size", "4", "--stages", "profile")
     try:
         wait_for_shards(ws, 2, job)
-        deadline = time.time() + 60
-        while not any("MapWorker" in p.name() for p in doomed.processes()):  # it holds an actor
-            assert time.time() < deadline, "the doomed node never got an actor"
-            time.sleep(0.05)
-        # Three more shards after the actor appeared: every actor is set up and has shards queued.
+        # Three more shards after the doomed node's actor appeared (every actor set up, shards
+        # queued), and that actor busy: the kill hits shards in flight, not an idle or new actor.
+        actor = wait_for_actor(doomed, job)
         wait_for_shards(ws, len(glob.glob(f"{ws}/samples/*.parquet")) + 3, job)
+        wait_until_busy(actor, job)
         cluster.kill_node(doomed)
         killed_at = len(glob.glob(f"{ws}/samples/*.parquet"))
         _, err = job.communicate(timeout=300)
