@@ -160,9 +160,10 @@ def test_cluster_run_equals_the_single_process_run(cluster, case_folder, tmp_pat
 
 
 def test_a_worker_node_killed_mid_job_loses_nothing(cluster, tmp_path):
-    """A third node joins, takes shards, and is SIGKILLed (raylet and workers) mid-job: the shards
-    queued on it fail, are tried again on the two nodes left, and the job exits 0 with every
-    record exactly once."""
+    """A third node joins, takes shards, and is SIGKILLed (raylet and workers) while its actor
+    works on one: the job exits 0 with every record exactly once. (The shards it held come back
+    through a retry round, "trying them again" on stderr, or Ray Data's own resubmission; both
+    were seen, depending on when the kill lands.)"""
     doomed = cluster.add_worker("doomed_node", num_cpus=1)
     n = 160
     src = write_noise_folder(str(tmp_path / "src"), n, size=(256, 256))
@@ -182,7 +183,6 @@ def test_a_worker_node_killed_mid_job_loses_nothing(cluster, tmp_path):
         job.kill()
     assert killed_at < n // 4, "the kill came too late to matter"
     assert job.returncode == 0, err[-3000:]
-    assert "trying them again" in err  # the shards queued on the lost node failed, and came back
     assert_exactly_once(ws, n)
     assert Workspace(ws).list_files(FAILED_DIR, ".json") == []
 
