@@ -175,7 +175,7 @@ def ray_stage(ws: Workspace, num_cpus: int, batch: int) -> dict:
         ray_up = time.perf_counter()
         items, sources, _ = pending_shards(ws, "embeddings")
         kwargs = {"ws": ws, "stage": EmbedStage(batch_size=batch), "sources": sources}
-        results = map_shards(items, TimedStageShard, kwargs, desc="embed", progress=False)
+        results, _ = map_shards(items, TimedStageShard, kwargs, desc="embed", progress=False)
         job_end = time.perf_counter()
     rows = sum(r["rows"] for r in results)
     span = max(r["finished"] for r in results) - min(r["started"] for r in results)

@@ -206,7 +206,8 @@ def curate(
     """Ingest and profile image-text pairs into a workspace, on Ray.
 
     Runs on a local Ray started for the job, or on the cluster named by RAY_ADDRESS. Killed jobs
-    resume: run the same command again.
+    resume: run the same command again. Exits 1 when some shards failed every attempt (the others
+    are written; rerunning retries only the failed ones).
     """
     from engine.source import SourceError, load_source
     from engine.workspace import Workspace
@@ -237,6 +238,15 @@ def curate(
     except SourceError as e:
         fail(str(e))
     print_summary(summary)
+    if summary.failed_shards:  # every other shard is written; exit 1 so scripts and `ray job` see it
+        for shard_id, error in sorted(summary.failed_shards.items()):
+            err.print(f"[bold red]failed:[/] {shard_id}: {error}", highlight=False)
+        err.print(
+            f"{len(summary.failed_shards)} shards failed (records in {summary.workspace}/_failed/); "
+            "run the same command again to retry only them",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command(epilog='Example: zcurate sql "SELECT reject_reason, n FROM reject_reasons" --workspace ./ws')

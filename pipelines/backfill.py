@@ -13,7 +13,7 @@ counted: its row stays missing and the catalog shows nulls for its stage columns
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow.compute as pc
 
@@ -23,7 +23,7 @@ from engine.ingest import IngestConfig, ingest_record
 from engine.plan import ShardPlan, load_plans, read_shard_rows
 from engine.source import Source
 from engine.workspace import Workspace
-from pipelines.runtime import map_shards, ray_session
+from pipelines.runtime import map_shards, ray_session, record_failure
 from pipelines.stages import ImageStage, StageItem
 
 
@@ -38,6 +38,7 @@ class BackfillSummary:
     rows: int  # stage rows written
     changed: int  # usable samples skipped because their source file changed since curation
     seconds: float
+    failed: dict[str, str] = field(default_factory=dict)  # shard_id -> last error (runtime.record_failure)
 
 
 class StageShard:
@@ -106,12 +107,16 @@ def run_image_stage(
     started = time.monotonic()
     items, sources, total = pending_shards(ws, stage.table)
     results: list[dict] = []
+    failed: dict[str, str] = {}
     if items:
         with ray_session(num_cpus):
             kwargs = {"ws": ws, "stage": stage, "sources": sources}
-            results = map_shards(
+            results, failures = map_shards(
                 items, StageShard, kwargs, desc=stage.name, progress=progress, num_gpus=stage.num_gpus
             )
+        for failure in failures:
+            shard_id = sources[failure.item["source_key"]][1].shard_id(failure.item["shard"])
+            failed[shard_id] = record_failure(ws, shard_id, stage.table, failure)
     if refresh:
         refresh_catalog(ws)
     return BackfillSummary(
@@ -122,4 +127,5 @@ def run_image_stage(
         rows=sum(r["rows"] for r in results),
         changed=sum(r["changed"] for r in results),
         seconds=round(time.monotonic() - started, 3),
+        failed=failed,
     )

@@ -14,7 +14,10 @@ Top to bottom:
 5. catalog  ``engine.catalog.refresh_catalog`` rebuilds the DuckDB views.
 
 Kill it at any point and run it again: finished shards are skipped, unfinished ones redone,
-and finalize is idempotent, so the result has every record exactly once.
+and finalize is idempotent, so the result has every record exactly once. A shard that fails
+every attempt (``pipelines.runtime.map_shards``: its worker raised, or its worker process died)
+is recorded in ``_failed/<shard_id>.json`` and named in the summary; every other shard and the
+global steps complete, and running the same command again retries only the failed shards.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from engine.plan import ShardPlan, plan_source, read_shard_rows, save_source_con
 from engine.source import Source
 from engine.workspace import Workspace
 from pipelines.backfill import run_image_stage
-from pipelines.runtime import map_shards, ray_session
+from pipelines.runtime import clear_failures, map_shards, ray_session, record_failure
 from pipelines.stages import ImageStage, IngestStage, ProfileStage, StageItem
 
 if TYPE_CHECKING:
@@ -66,6 +69,7 @@ class CurateSummary:
     work_span_s: float = 0.0  # first shard started -> last shard finished (no start-up, no finalize)
     shard_busy_s: float = 0.0  # sum of shard task times over all workers
     tagging: TagSummary | None = None  # what the tagging step did (None: skipped or up to date)
+    failed_shards: dict[str, str] = field(default_factory=dict)  # shard_id -> last error (_failed/)
 
 
 class CurateShard:
@@ -195,6 +199,17 @@ def mark_duplicate_rows(ws: Workspace) -> int:
     return duplicates.num_rows
 
 
+def check_shared(ws: Workspace, finished: list[dict]) -> None:
+    """Fail clearly when the workers wrote shards the driver cannot see: on a cluster, a local
+    workspace path that is not the same shared directory on every node."""
+    unseen = [f["shard_id"] for f in finished if not ws.has_shard("samples", f["shard_id"])]
+    if unseen:
+        raise RuntimeError(
+            f"{len(unseen)} shards the workers wrote (e.g. {unseen[0]}) are not in {ws.root} as this "
+            "process sees it: on a Ray cluster the workspace must be a shared path or object storage"
+        )
+
+
 def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) -> CurateSummary:
     """Counts for this source's rows in the workspace."""
     columns = ["status", "reject_reason", "warnings", "shard_id", "source"]
@@ -263,6 +278,7 @@ def run_curate(
     pending = [i for i in range(plan.shard_count) if plan.shard_id(i) not in done]
     save_source_config(ws, source, config)
     finished: list[dict] = []
+    failed: dict[str, str] = {}
     # Ray starts only when there is work: a rerun of a finished job takes a moment.
     with ray_session(num_cpus) if pending else nullcontext():
         if pending:
@@ -273,7 +289,7 @@ def run_curate(
                 "config": config,
                 "image_stages": list(image_stages),
             }
-            finished = map_shards(
+            finished, failures = map_shards(
                 [{"shard": i} for i in pending],
                 CurateShard,
                 worker_kwargs,
@@ -281,10 +297,17 @@ def run_curate(
                 progress=progress,
                 num_gpus=max((stage.num_gpus for stage in image_stages), default=0),
             )
+            check_shared(ws, finished)
+            for failure in failures:
+                shard_id = plan.shard_id(failure.item["shard"])
+                failed[shard_id] = record_failure(ws, shard_id, "samples", failure)
         for stage in image_stages:  # shards an earlier run finished without this stage
-            run_image_stage(ws, stage, num_cpus=num_cpus, progress=progress, refresh=False)
+            backfill = run_image_stage(ws, stage, num_cpus=num_cpus, progress=progress, refresh=False)
+            failed.update(backfill.failed)
+    clear_failures(ws)
     duplicates = mark_duplicate_rows(ws)
     summary = summarize(ws, plan, len(pending), duplicates)
+    summary.failed_shards = failed
     if finished:
         summary.records_run = sum(f["samples"] for f in finished)
         summary.work_span_s = max(f["finished"] for f in finished) - min(f["started"] for f in finished)
