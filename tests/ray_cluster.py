@@ -93,6 +93,11 @@ class LocalCluster:
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="zr"))  # short: socket paths
     nodes: list[RayNode] = field(default_factory=list)
     gcs_port: int = 0
+    dashboard_port: int = 0  # the head's dashboard (Ray's job server), when started with one
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{NODE_IP}:{self.dashboard_port}"
 
     @property
     def address(self) -> str:
@@ -110,8 +115,10 @@ class LocalCluster:
             "RAY_AUTH_MODE": "disabled",
         }
 
-    def _start(self, name: str, num_cpus: int, head: bool, code: bool = True) -> RayNode:
-        nm_port, workers = free_port(), free_port_range(WORKER_PORTS)
+    def _start(
+        self, name: str, num_cpus: int, head: bool, code: bool = True, dashboard: bool = False
+    ) -> RayNode:
+        nm_port, workers, dashboard_port = free_port(), free_port_range(WORKER_PORTS), free_port()
         args = [
             RAY,
             "start",
@@ -125,7 +132,7 @@ class LocalCluster:
             f"--dashboard-agent-grpc-port={free_port()}",
             f"--runtime-env-agent-port={free_port()}",
             f"--metrics-export-port={free_port()}",
-            f"--dashboard-port={free_port()}",  # the head's dashboard process starts even when disabled
+            f"--dashboard-port={dashboard_port}",  # the head's dashboard process starts even when disabled
             f"--min-worker-port={workers}",
             f"--max-worker-port={workers + WORKER_PORTS - 1}",
             "--object-store-memory=200000000",  # 200 MB: shard summaries only, leaves RAM to decoders
@@ -136,11 +143,12 @@ class LocalCluster:
             args += [
                 "--head",
                 f"--port={self.gcs_port}",
-                # No dashboard (so no `ray job submit` here): its packages (ray[default]) are not
-                # in this venv; a driver with RAY_ADDRESS is what a submitted job runs anyway.
-                "--include-dashboard=false",
+                # The dashboard is Ray's job server (`ray job submit`), on the loopback only.
+                f"--include-dashboard={'true' if dashboard else 'false'}",
+                f"--dashboard-host={NODE_IP}",
                 f"--temp-dir={self.temp_dir}",
             ]
+            self.dashboard_port = dashboard_port if dashboard else 0
         else:
             args += [f"--address={self.address}"]
         log = os.path.join(self.temp_dir, f"{name}.log")
@@ -171,8 +179,9 @@ class LocalCluster:
         """How many worker processes the cluster's raylets have started so far (one log each)."""
         return len(glob.glob(f"{self.temp_dir}/session_latest/logs/worker-*.out"))
 
-    def start_head(self, num_cpus: int = 1) -> RayNode:
-        return self._start("head_node", num_cpus, head=True)
+    def start_head(self, num_cpus: int = 1, dashboard: bool = False) -> RayNode:
+        """Start the head (``dashboard``: with Ray's job server, for ``ray job submit``)."""
+        return self._start("head_node", num_cpus, head=True, dashboard=dashboard)
 
     def add_worker(self, name: str = "worker_node", num_cpus: int = 1, code: bool = True) -> RayNode:
         """Start a worker node (``code=False``: without this checkout on its PYTHONPATH)."""

@@ -39,9 +39,10 @@ BUSY_CPU_S = 0.1  # CPU seconds per second that mark a working actor (an idle on
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and a worker node, torn down (every process, by pid) even when a test fails."""
+    """A head node (with Ray's job server) and a worker node, torn down (every process, by pid)
+    even when a test fails."""
     with LocalCluster() as cluster:
-        cluster.start_head(num_cpus=1)
+        cluster.start_head(num_cpus=1, dashboard=True)
         cluster.add_worker("worker_node", num_cpus=1)
         yield cluster
 
@@ -152,6 +153,29 @@ def test_cluster_run_equals_the_single_process_run(cluster, case_folder, tmp_pat
     for table in ("samples", "signals"):
         assert table_rows(remote, table) == table_rows(local, table), table
     assert Workspace(remote).list_shards("samples") == Workspace(local).list_shards("samples")
+
+
+def test_ray_job_submit_runs_the_curate_job_on_the_cluster(cluster, case_folder, tmp_path, monkeypatch):
+    """`ray job submit -- zcurate curate ...`: the job's driver runs on the cluster (RAY_ADDRESS set
+    by Ray's job server) and the result equals a local one-CPU run of the same command."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local, remote = str(tmp_path / "local"), str(tmp_path / "submitted")
+    args = ["--shard-size", "3", "--stages", "profile"]
+    single = CliRunner().invoke(app, ["curate", case_folder, "-w", local, "--num-cpus", "1", *args])
+    assert single.exit_code == 0, single.output
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    submit = [ray, "job", "submit", "--address", cluster.dashboard_url, "--"]
+    job = subprocess.run(
+        [*submit, ZCURATE, "curate", case_folder, "-w", remote, *args],
+        env=cluster.env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    assert "succeeded" in job.stdout + job.stderr
+    for table in ("samples", "signals"):
+        assert table_rows(remote, table) == table_rows(local, table), table
 
 
 def test_a_worker_node_killed_mid_job_loses_nothing(tmp_path):
