@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import sys
 import traceback
 from collections.abc import Iterator
@@ -111,13 +110,7 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         # The curate job moves shard summaries, not images, through the object store: 1 GiB is
         # ample and leaves the rest of the machine's memory to the decoding workers.
         kwargs["object_store_memory"] = 1 << 30
-    token_set = address is None and local_auth_token()
-    try:
-        ray.init(address=address, **kwargs)
-    except BaseException:
-        if token_set:
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-        raise
+    ray.init(address=address, **kwargs)
     logging.getLogger("ray.data._internal.progress").addFilter(_DropNotice())
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job draws its own bar per shard
@@ -126,24 +119,6 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-        if token_set:
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-
-
-def local_auth_token() -> bool:
-    """Give the local Ray this job starts a token of its own, held in the environment only.
-
-    Ray 2.60 turns token authentication on for a new local Ray and, when no token is configured,
-    writes one to ``~/.ray/auth_token``. A job's own Ray needs no token that outlives it, and the
-    home directory is not ours to write: a fresh token in ``RAY_AUTH_TOKEN`` (which Ray's
-    processes inherit) keeps the protection and writes nothing. Returns whether it set one (the
-    caller removes it after ``ray.shutdown``); a token or mode the user configured is left alone.
-    """
-    configured = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
-    if any(os.environ.get(name) for name in configured):
-        return False
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    return True
 
 
 class _Guarded:
