@@ -1271,7 +1271,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
-    """Serve the REST API (FastAPI + uvicorn) over a workspace; OpenAPI docs at /docs.
+    """Serve the REST API (FastAPI + uvicorn) and the dashboard (at /) over a workspace.
+
+    OpenAPI docs at /docs; the dashboard asks for a key once and keeps it for the browser tab.
 
     API keys come from ZCURATE_API_KEYS ("KEY:read,KEY2:read+write") or ZCURATE_API_KEY_FILE
     (lines "sha256hex(KEY):SCOPES"); every limit from ZCURATE_* variables (api/settings.py).
