@@ -351,6 +351,7 @@ MODES = {
 }
 # Measured elsewhere, used only for a step this run has not measured (CPU ms per pair, source).
 REFERENCE = {
+    "ocr": (145.0, "bench/results-ocr-1thread.json: the OCR stage in a 1-thread loop, 6.88 images/s"),
     "index": (0.565, "bench/results-dedup.json: IVF-PQ train 308 + add 257 CPU s for 1M vectors"),
     "dedup": (0.067, "bench/results-dedup.json: knn graph 66.0 + communities 1.4 CPU s for 1M"),
     "tag": (0.033, "bench/results-tagging-quiet.json: 30,549 captions/s in one process"),
