@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import io
 import os
-import tarfile
 import uuid
 
-import pyarrow as pa
 from PIL import Image
 
-from engine.ingest import IngestConfig, Reject, decode_image
-from engine.source import open_filesystem
+from engine.ingest import Reject, read_sample_image
 from engine.workspace import Workspace
 
 THUMB_DIR = "_cache/thumbnails"
@@ -39,31 +36,6 @@ def thumbnail_rel(sample_id: str) -> str:
 
 def thumbnail_etag(sample_id: str) -> str:
     return f'"{sample_id}-{THUMB_VERSION}"'
-
-
-def read_image(uri: str) -> Image.Image:
-    """Decode the image at a sample's uri (path, pyarrow URI or ``archive.tar#member``) as ingest
-    did (``engine.s3dit.data.read_image`` does the same for training, but imports torch).
-
-    Raises:
-        Reject: the file is missing or does not decode.
-    """
-    if "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
-        path, member = uri.split("#", 1)
-        try:
-            with tarfile.open(path) as tar:
-                data = tar.extractfile(member).read()
-        except (OSError, KeyError, AttributeError, tarfile.TarError) as e:
-            raise Reject("missing_file", f"{uri}: {e}") from None
-    else:
-        try:
-            fs, path = open_filesystem(uri)
-            with fs.open_input_stream(path) as f:
-                data = f.read()
-        except (OSError, ValueError, pa.ArrowException) as e:
-            raise Reject("missing_file", f"{uri}: {e}") from None
-    image, _, _ = decode_image(data, os.path.basename(uri), IngestConfig())
-    return image
 
 
 def make_thumbnail(image: Image.Image, side: int = THUMB_SIDE) -> bytes:
@@ -87,7 +59,7 @@ def ensure_thumbnail(ws: Workspace, sample_id: str, uri: str | None) -> str:
     if not uri:
         raise ThumbnailError(f"sample {sample_id} has no image")
     try:
-        data = make_thumbnail(read_image(uri))
+        data = make_thumbnail(read_sample_image(uri))
     except Reject as e:
         raise ThumbnailError(f"sample {sample_id}: {e.reason}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:

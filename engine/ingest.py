@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import tarfile
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ import pyarrow.compute as pc
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from engine import schema
-from engine.source import RawRecord
+from engine.source import RawRecord, open_filesystem
 
 # We enforce IngestConfig.max_pixels ourselves before decoding, so Pillow's own global limit
 # (89 MP warning, 179 MP error) is lifted; otherwise it would fire before our configurable check.
@@ -244,6 +246,31 @@ def decode_image(data: bytes, name: str, cfg: IngestConfig) -> tuple[Image.Image
 
 
 # --- one record ---------------------------------------------------------------------------------
+
+
+def read_sample_image(uri: str) -> Image.Image:
+    """Read and decode a curated sample's image again (path, pyarrow URI or ``archive.tar#member``)
+    as ingest did: for training batches and dashboard thumbnails.
+
+    Raises:
+        Reject: the file is missing or does not decode (its reason, as in ingest).
+    """
+    if "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
+        path, member = uri.split("#", 1)
+        try:
+            with tarfile.open(path) as tar:
+                data = tar.extractfile(member).read()
+        except (OSError, KeyError, AttributeError, tarfile.TarError) as e:
+            raise Reject("missing_file", f"{uri}: {e}") from None
+    else:
+        try:
+            fs, path = open_filesystem(uri)
+            with fs.open_input_stream(path) as f:
+                data = f.read()
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise Reject("missing_file", f"{uri}: {e}") from None
+    image, _, _ = decode_image(data, os.path.basename(uri), IngestConfig())
+    return image
 
 
 def ingest_record(raw: RawRecord, source_key: str, cfg: IngestConfig) -> IngestResult:

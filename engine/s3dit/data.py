@@ -17,7 +17,6 @@ checkpoint, so a resumed run draws exactly the batches an uninterrupted one woul
 from __future__ import annotations
 
 import os
-import tarfile
 import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from engine.ingest import IngestConfig, Reject, decode_image
+from engine.ingest import Reject, read_sample_image
 from engine.source import open_filesystem
 
 REQUIRED_COLUMNS = ("sample_id", "uri", "caption", "weight", "bucket_h", "bucket_w")
@@ -183,30 +182,6 @@ class ManifestSampler:
 # --- images ---------------------------------------------------------------------------------------
 
 
-def read_image(uri: str) -> Image.Image:
-    """Read and decode one image (path, pyarrow URI, or ``archive.tar#member``) as RGB.
-
-    Raises:
-        Reject: the file is missing or does not decode (its reason, as in ingest).
-    """
-    if "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
-        path, member = uri.split("#", 1)
-        try:
-            with tarfile.open(path) as tar:
-                data = tar.extractfile(member).read()
-        except (OSError, KeyError, AttributeError, tarfile.TarError) as e:
-            raise Reject("missing_file", f"{uri}: {e}") from None
-    else:
-        fs, path = open_filesystem(uri)
-        try:
-            with fs.open_input_stream(path) as f:
-                data = f.read()
-        except (OSError, pa.ArrowException) as e:
-            raise Reject("missing_file", f"{uri}: {e}") from None
-    image, _, _ = decode_image(data, os.path.basename(uri), IngestConfig())
-    return image
-
-
 def resize_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     """Scale so the image covers the bucket (aspect kept), then crop the centre."""
     scale = max(height / image.height, width / image.width)
@@ -273,7 +248,7 @@ class ManifestLoader:
             self.cache.move_to_end(key)
             return self.cache[key]
         try:
-            x = to_tensor(resize_crop(read_image(uri), height, width))
+            x = to_tensor(resize_crop(read_sample_image(uri), height, width))
         except Reject:
             x = None
         self.cache[key] = x
