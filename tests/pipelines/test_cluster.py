@@ -26,13 +26,13 @@ from engine.cli import app
 from engine.plan import load_plans
 from engine.workspace import Workspace
 from pipelines.runtime import FAILED_DIR, SHIP_CODE_ENV, WORKER_DIED, ray_session
-from pipelines.stages import IMAGE_STAGES
 from tests.data import write_noise_folder
 from tests.ray_cluster import LocalCluster, PoisonStage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ZCURATE = os.path.join(os.path.dirname(sys.executable), "zcurate")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUSY_CPU_S = 0.1  # CPU seconds per second that mark a working actor (an idle one uses ~0; a busy
 # one gets 0.2-1 on this shared 2-core machine)
 
@@ -94,7 +94,37 @@ def wait_until_busy(node, job: subprocess.Popen, timeout: float = 180) -> None:
         time.sleep(0.05)
 
 
-def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path, monkeypatch):
+# `zcurate` with the test's poison stage registered, in a process of its own as a user's command
+# runs (one Ray per process; the stage reaches the workers through PYTHONPATH).
+POISON_CLI = """
+import sys
+from pipelines.stages import IMAGE_STAGES
+from tests.ray_cluster import PoisonStage
+armed = sys.argv.pop(1)
+IMAGE_STAGES["poison"] = lambda: PoisonStage(armed)
+sys.argv[0] = "zcurate"
+from engine.cli import app
+app()
+"""
+
+
+def run_with_poison_stage(armed, args: list[str]) -> subprocess.CompletedProcess:
+    """Run the CLI with the poison stage; ``output`` holds stdout and stderr together."""
+    env = {**os.environ, "PYTHONPATH": REPO}
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run(
+        [sys.executable, "-c", POISON_CLI, str(armed), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    run.output = run.stdout
+    return run
+
+
+def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path):
     """One record kills its worker process, another makes its stage raise: only their two shards
     fail (recorded in _failed/, named on stderr, exit 1); every other shard is written. Once the
     "decoder" is fixed, the same command retries just those two and the result is complete."""
@@ -105,12 +135,11 @@ def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path, monk
             f.write(f"picture {index}, {word}")
     armed = tmp_path / "armed"
     armed.write_text("")
-    monkeypatch.setitem(IMAGE_STAGES, "poison", lambda: PoisonStage(str(armed)))
     ws = str(tmp_path / "ws")
     args = ["curate", src, "-w", ws, "--shard-size", str(shard_size), "--num-cpus", "1", "--stages", "poison"]
 
-    first = CliRunner().invoke(app, args)
-    assert first.exit_code == 1, first.output
+    first = run_with_poison_stage(armed, args)
+    assert first.returncode == 1, first.output[-3000:]
     [(_, plan, _)] = load_plans(Workspace(ws))
     poisoned = {plan.shard_id(1), plan.shard_id(3)}
     assert set(Workspace(ws).list_shards("samples")) == {plan.shard_id(i) for i in range(4)} - poisoned
@@ -129,8 +158,8 @@ def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path, monk
     done = {p: os.stat(p).st_mtime_ns for p in glob.glob(f"{ws}/samples/*.parquet")}
 
     armed.unlink()  # the decoder is fixed
-    second = CliRunner().invoke(app, args)
-    assert second.exit_code == 0, second.output
+    second = run_with_poison_stage(armed, args)
+    assert second.returncode == 0, second.output[-3000:]
     assert "2 / 4" in second.output  # shards run / total: only the two that failed
     assert {p: os.stat(p).st_mtime_ns for p in done} == done  # finished shards untouched
     assert Workspace(ws).list_files(FAILED_DIR, ".json") == []
