@@ -24,7 +24,8 @@ What it does, in order (each step resumable; a finished step is read back from t
 
 Every step runs in a child process started by this script; while it runs, a sampler thread reads
 the child's whole process tree (Ray's GCS, raylet and workers included) every second: peak memory
-is the largest sum of PSS (shared pages counted once), CPU seconds the sum over the tree, and
+is the largest sum of PSS (shared pages counted once; at least the child's own peak RSS, which a
+step shorter than a second would otherwise miss), CPU seconds the sum over the tree, and
 "others" the cores the rest of the machine used meanwhile (this VM is shared: read every number
 next to it).
 
@@ -323,7 +324,7 @@ def measure_step(step: str, args) -> dict:
         "rows": rows,
         "rows_per_s": round(rows / wall, 2) if wall else None,
         "cpu_s": round(cpu_s, 1),
-        "peak_pss_gib": round(sampler.peak_pss / 2**30, 2),
+        "peak_pss_gib": max(round(sampler.peak_pss / 2**30, 2), counts.get("child_max_rss_gib", 0.0)),
         "others_cores": round(sampler.others_cores(wall), 2),
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
@@ -420,14 +421,15 @@ def extrapolate(results: dict, pairs: list[int], nodes: list[int]) -> list[dict]
 def print_tables(results: dict) -> None:
     print("| step | pairs | wall s | pairs/s | CPU s | CPU ms/pair | peak memory GiB | other load (cores) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for s in results["steps"]:
+    steps = sorted(results["steps"], key=lambda s: STEPS.index(s["step"]))  # resumed runs append
+    for s in steps:
         per_pair = 1000 * s["cpu_s"] / s["rows"] if s["rows"] else float("nan")
         print(
             f"| {s['step']} | {s['rows']:,} | {s['wall_s']:,} | {s['rows_per_s']} | {s['cpu_s']:,} | "
             f"{per_pair:.1f} | {s['peak_pss_gib']} | {s['others_cores']} |"
         )
-    total = sum(s["wall_s"] for s in results["steps"])
-    print(f"\ntotal {total:,.0f} s over {len(results['steps'])} steps")
+    total = sum(s["wall_s"] for s in steps)
+    print(f"\ntotal {total:,.0f} s over {len(steps)} steps")
     print("\n| step | spreads over | CPU ms per pair | from |")
     print("|---|---|---:|---|")
     for step, cost in per_pair_costs(results).items():
@@ -467,6 +469,9 @@ def main() -> None:
     if args.child:
         step, out = args.child
         counts = run_step(step, args.root, args.num_cpus)
+        # The child's own peak RSS (kB on Linux): a step shorter than the sampler's one-second look
+        # would otherwise show no memory at all.
+        counts["child_max_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
         with open(out, "w") as f:
             json.dump(counts, f)
         return
