@@ -83,20 +83,28 @@ def filter_sql(con, f: SampleFilter) -> tuple[str, list]:
     return " WHERE " + " AND ".join(where), params
 
 
+def sample_page(con, f: SampleFilter) -> tuple[int, list[dict]]:
+    """(total matching the filter, the page's card rows) in one pass over the joined Parquet views:
+    the window counts before LIMIT, so there is no second query for the total."""
+    where, params = filter_sql(con, f)
+    column, descending = f.sort.lstrip("-"), f.sort.startswith("-")
+    order = f" ORDER BY {column} {'DESC' if descending else 'ASC'} NULLS LAST, sample_id"
+    sql = f"SELECT *, count(*) OVER () AS _total FROM ({CARD_SQL}{where}){order} LIMIT ? OFFSET ?"
+    rows = con.sql(sql, params=[*params, f.limit, f.offset]).to_arrow_table().to_pylist()
+    if not rows:  # a page past the end has no row to carry the total
+        return con.execute(f"SELECT count(*) FROM ({CARD_SQL}{where})", params).fetchall()[0][0], []
+    total = rows[0]["_total"]
+    return total, [{k: v for k, v in row.items() if k != "_total"} for row in rows]
+
+
 @router.get("/samples", response_model=SamplePage)
 def list_samples(state: State, f: Annotated[SampleFilter, Query()]) -> SamplePage:
     con = connect_catalog(state.ws)
     try:
-        where, params = filter_sql(con, f)
-        total = con.execute(f"SELECT count(*) FROM ({CARD_SQL}{where})", params).fetchall()[0][0]
-        column, descending = f.sort.lstrip("-"), f.sort.startswith("-")
-        order = f" ORDER BY {column} {'DESC' if descending else 'ASC'} NULLS LAST, sample_id"
-        page = con.sql(
-            f"SELECT * FROM ({CARD_SQL}{where}){order} LIMIT ? OFFSET ?", params=[*params, f.limit, f.offset]
-        ).to_arrow_table()
+        total, rows = sample_page(con, f)
     finally:
         con.close()
-    cards = [SampleCard(**json_safe(row)) for row in page.to_pylist()]
+    cards = [SampleCard(**json_safe(row)) for row in rows]
     return SamplePage(total=total, offset=f.offset, limit=f.limit, samples=cards)
 
 
