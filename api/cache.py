@@ -18,14 +18,13 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from engine import schema
-from engine.catalog import CATALOG_FILE
 from engine.workspace import Workspace
 
 
 def workspace_stamp(ws: Workspace) -> tuple:
     """mtime_ns of every table folder and of the catalog (0 for one that does not exist)."""
     stamp = []
-    for name in (*schema.TABLES, CATALOG_FILE):
+    for name in (*schema.TABLES, ws.catalog_file):
         try:
             stamp.append(os.stat(ws.path(name)).st_mtime_ns)
         except FileNotFoundError:

@@ -26,15 +26,18 @@ from dataclasses import dataclass, field
 import pyarrow.parquet as pq
 
 from engine import schema
-from engine.source import SourceError, load_source
+from engine.profiling.records import SourceError
+from engine.profiling.source import load_source
 from engine.workspace import Workspace
 
 STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 CANCEL_GRACE_S = 20.0  # SIGINT -> SIGKILL: Ray's shutdown takes a few seconds on 2 cores
 LOG_TAIL = 4000  # bytes of the child's output kept as the error of a failed job
-JOB_DIR = "_jobs"  # WS/_jobs/<id>.log: the child's stdout and stderr
 # What the workspace writes itself, besides its tables and the "_" folders (_plans, _tmp, _jobs...).
-WORKSPACE_OWN = frozenset({*schema.TABLES, "index", "manifests", "feedback", "train", "catalog.duckdb"})
+WORKSPACE_OWN = frozenset(
+    {*schema.TABLES, Workspace.index_dir, Workspace.manifests, Workspace.feedback, Workspace.boosts}
+    | {Workspace.train, Workspace.catalog_file}
+)
 
 
 class JobError(ValueError):
@@ -126,7 +129,7 @@ class JobRunner:
             steps=list(dict.fromkeys(steps)),
             limit=limit,
             shard_size=shard_size,
-            plan_path=f"_plans/{prefix}.parquet",
+            plan_path=self.ws.plan_rel(prefix),
             prefix=prefix,
         )
         with self._lock:
@@ -137,7 +140,7 @@ class JobRunner:
         return job
 
     def command(self, job: Job) -> list[str]:
-        cmd = [sys.executable, "-m", "engine.cli", "curate", job.location, "--workspace", self.ws.root]
+        cmd = [sys.executable, "-m", "cli", "curate", job.location, "--workspace", self.ws.root]
         cmd += ["--stages", ",".join(job.steps) or "profile", "--shard-size", str(job.shard_size)]
         if job.limit is not None:
             cmd += ["--limit", str(job.limit)]
@@ -150,8 +153,8 @@ class JobRunner:
 
         repo = os.path.dirname(os.path.dirname(os.path.abspath(engine.__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-        os.makedirs(self.ws.path(JOB_DIR), exist_ok=True)
-        log_path = self.ws.path(JOB_DIR, f"{job.id}.log")
+        os.makedirs(self.ws.path(self.ws.jobs), exist_ok=True)
+        log_path = self.ws.path(self.ws.jobs, f"{job.id}.log")
         with open(log_path, "wb") as log:
             with self._lock:
                 if job.cancel_requested:

@@ -21,15 +21,10 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from engine.manifest import (
-    MANIFESTS,
-    ManifestError,
-    build_manifest,
-    gather_inputs,
-    list_manifests,
-    manifest_rel,
-)
-from engine.recipe import Recipe
+from engine.curation.manifest import ManifestError, build_manifest, check_size
+from engine.curation.manifest_identity import gather_inputs
+from engine.curation.manifest_store import list_manifests
+from engine.curation.recipe import Recipe
 from engine.workspace import Workspace
 
 log = logging.getLogger("zcurate.api")
@@ -68,8 +63,9 @@ class ManifestBuilder:
 
         Raises ManifestError for a size below 1 (before any work).
         """
+        check_size(size)
         found = gather_inputs(self.ws, recipe, seed, size)
-        rel = manifest_rel(recipe.stage, found.manifest_id)
+        rel = self.ws.manifest_rel(recipe.stage, found.manifest_id)
         with self._lock:
             build = self.builds.get(found.manifest_id)
             on_disk = self.ws.exists(f"{rel}.parquet") and self.ws.exists(f"{rel}.json")
@@ -113,13 +109,13 @@ class ManifestBuilder:
 
     def stage_of(self, manifest_id: str) -> str | None:
         """The stage folder holding a complete manifest (Parquet and sidecar) of this id, if any."""
-        root = self.ws.path(MANIFESTS)
+        root = self.ws.path(self.ws.manifests)
         try:
             stages = sorted(os.listdir(root))
         except FileNotFoundError:
             return None
         for stage in stages:
-            rel = manifest_rel(stage, manifest_id)
+            rel = self.ws.manifest_rel(stage, manifest_id)
             if os.path.isfile(self.ws.path(f"{rel}.parquet")) and os.path.isfile(self.ws.path(f"{rel}.json")):
                 return stage
         return None
@@ -138,7 +134,7 @@ class ManifestBuilder:
             if build.id in self._sidecars:
                 self._sidecars.move_to_end(build.id)
                 return self._sidecars[build.id]
-        sidecar = json.loads(self.ws.read_text(f"{manifest_rel(build.stage, build.id)}.json"))
+        sidecar = json.loads(self.ws.read_text(f"{self.ws.manifest_rel(build.stage, build.id)}.json"))
         with self._lock:
             self._sidecars[build.id] = sidecar
             while len(self._sidecars) > MAX_SIDECARS:
@@ -146,7 +142,7 @@ class ManifestBuilder:
         return sidecar
 
     def data_path(self, build: Build) -> str:
-        return self.ws.path(f"{manifest_rel(build.stage, build.id)}.parquet")
+        return self.ws.path(f"{self.ws.manifest_rel(build.stage, build.id)}.parquet")
 
     def listing(self, stage: str | None = None) -> list[dict]:
         """Ready manifests on disk (engine.manifest.list_manifests), then builds not ready yet."""

@@ -28,7 +28,6 @@ import duckdb
 import pyarrow as pa
 
 from engine import schema
-from engine.catalog import CATALOG_FILE
 from engine.workspace import Workspace
 
 
@@ -76,11 +75,11 @@ def open_sandbox(ws: Workspace, limits: QueryLimits) -> duckdb.DuckDBPyConnectio
     config = {
         "memory_limit": limits.memory_limit,
         "threads": max(1, limits.threads),
-        "temp_directory": ws.path("_tmp", "duckdb-query"),
+        "temp_directory": ws.path(ws.tmp, "duckdb-query"),
     }
     con = duckdb.connect(":memory:", config=config)
     try:
-        con.execute("ATTACH ? AS catalog (READ_ONLY)", [ws.path(CATALOG_FILE)])
+        con.execute("ATTACH ? AS catalog (READ_ONLY)", [ws.path(ws.catalog_file)])
         con.execute("USE catalog")
         tables = [ws.local_uri(name) + "/" for name in schema.TABLES]
         con.execute("SET allowed_directories = ?", [tables])

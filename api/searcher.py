@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from engine.index import INDEX_DIR, VectorIndex, VectorIndexError, load_index, read_meta
-from engine.manifest import PoolIndex, align
+from engine.curation.pool import PoolIndex, align
+from engine.vectors.index import VectorIndex, VectorIndexError, load_index, read_meta
 from engine.workspace import Workspace
 
 LOOKUP_MAX_ROWS = 2_000_000  # samples whose id, caption and uri a searcher holds (~300 MB at 100-character
@@ -52,7 +52,7 @@ class Searcher:
                 if self._embedder is None:
                     import torch
 
-                    from engine.embed import load_embedder
+                    from engine.vectors.model_specs import load_embedder
 
                     if self.torch_threads:
                         torch.set_num_threads(self.torch_threads)
@@ -61,7 +61,7 @@ class Searcher:
 
     def index(self, modality: str) -> VectorIndex:
         """The loaded index, reloaded when its metadata file is newer than the copy held."""
-        meta_path = self.ws.path(INDEX_DIR, f"{modality}.json")
+        meta_path = self.ws.path(self.ws.index_dir, f"{modality}.json")
         try:
             stamp = os.stat(meta_path).st_mtime_ns if self.ws.is_local else 0.0
         except FileNotFoundError:

@@ -15,10 +15,10 @@ import uuid
 
 from PIL import Image
 
-from engine.ingest import Reject, read_sample_image
+from engine.profiling.ingest import Reject, read_sample_image
 from engine.workspace import Workspace
 
-THUMB_DIR = "_cache/thumbnails"
+THUMB_DIR = f"{Workspace.cache}/thumbnails"
 THUMB_SIDE = 256  # longest side in pixels: a grid cell on a laptop screen is ~180 px, 256 stays sharp
 THUMB_QUALITY = 82  # JPEG quality: ~8-15 kB per thumbnail, no visible artefacts at grid size
 THUMB_VERSION = "v1"  # change it with THUMB_SIDE or THUMB_QUALITY: browsers then fetch new ones

@@ -89,10 +89,10 @@ def synthetic_workspace(root: str, n: int, seed: int = 0) -> str:
     """Write samples, signals and embeddings for n synthetic pairs, then the catalog, the image
     index and a lowres manifest; returns the manifest id."""
     from engine.catalog import refresh_catalog
-    from engine.embed import load_embedder
-    from engine.index import build_index
-    from engine.manifest import build_manifest
-    from engine.recipe import load_recipe
+    from engine.curation.manifest import build_manifest
+    from engine.curation.recipe import load_recipe
+    from engine.vectors.index import build_index
+    from engine.vectors.model_specs import load_embedder
 
     ws = Workspace(root).create()
     embedder = load_embedder()  # only for its model_id and width
@@ -170,7 +170,7 @@ def free_port() -> int:
 def start_server(workspace: str, port: int) -> subprocess.Popen:
     """``zcurate serve`` in a child process; returns once /v1/health answers."""
     zcurate = os.path.join(os.path.dirname(sys.executable), "zcurate")
-    command = [zcurate] if os.path.exists(zcurate) else [sys.executable, "-m", "engine.cli"]
+    command = [zcurate] if os.path.exists(zcurate) else [sys.executable, "-m", "cli"]
     env = {**os.environ, "ZCURATE_API_KEYS": f"{READ_KEY}:read", "PYTHONPATH": os.getcwd()}
     server = subprocess.Popen(
         [*command, "serve", "--workspace", workspace, "--port", str(port)],

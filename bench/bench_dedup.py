@@ -30,8 +30,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from engine.dedup import DedupConfig, find_communities, representative_order, semantic_pairs
-from engine.index import IndexConfig, IndexMeta, VectorIndex, add_vectors, create_faiss_index
+from engine.vectors.dedup import DedupConfig, find_communities, representative_order, semantic_pairs
+from engine.vectors.index import IndexConfig, IndexMeta, VectorIndex, add_vectors, create_faiss_index
 
 CHUNK = 100_000  # vectors generated / added per step: one "embeddings shard" worth
 

@@ -43,9 +43,10 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from engine.embed import encode_captions, load_embedder  # noqa: E402
-from engine.ingest import IngestConfig, ingest_record  # noqa: E402
-from engine.source import load_source  # noqa: E402
+from engine.profiling.ingest import IngestConfig, ingest_record  # noqa: E402
+from engine.profiling.source import load_source  # noqa: E402
+from engine.vectors.embedder import encode_captions  # noqa: E402
+from engine.vectors.model_specs import load_embedder  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
 from pipelines.backfill import StageShard, pending_shards  # noqa: E402
 from pipelines.curate import run_curate  # noqa: E402
@@ -108,7 +109,7 @@ def bare_forward(pairs: list, batch: int, threads: int, shard_size: int) -> dict
     image_s = time.perf_counter() - started
     started = time.perf_counter()
     for i in range(0, len(captions), shard_size):  # per shard, as the stage does
-        encode_captions(embedder, captions[i : i + shard_size])
+        encode_captions(embedder.encode_texts, captions[i : i + shard_size])
     text_s = time.perf_counter() - started
     return {
         "images": len(images),
@@ -133,7 +134,7 @@ def _bare_worker(batches, captions, shard_size, barrier, results) -> None:
     for pixels in batches:
         embedder.encode_image_tensors(pixels)
     for i in range(0, len(captions), shard_size):  # per shard, as the stage does
-        encode_captions(embedder, captions[i : i + shard_size])
+        encode_captions(embedder.encode_texts, captions[i : i + shard_size])
     results.put(time.perf_counter() - started)
 
 

@@ -45,9 +45,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from engine.catalog import refresh_catalog  # noqa: E402
-from engine.ingest import IngestConfig  # noqa: E402
-from engine.plan import plan_source  # noqa: E402
-from engine.source import load_source  # noqa: E402
+from engine.profiling.ingest import IngestConfig  # noqa: E402
+from engine.profiling.plan import plan_source  # noqa: E402
+from engine.profiling.source import load_source  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
 from pipelines.curate import CurateShard, mark_duplicate_rows, run_curate, summarize  # noqa: E402
 from pipelines.runtime import ray_session  # noqa: E402

@@ -54,7 +54,7 @@ def hex_ids(rng: np.random.Generator, n: int) -> pa.Array:
 def concept_tables(rng: np.random.Generator):
     """20,000 real WordNet nouns (with their ancestors) and the concepts/ancestors tables."""
     from engine import schema
-    from engine.graph import ancestor_distances, load_graph
+    from engine.graph.concept_graph import ancestor_distances, load_graph
 
     graph = load_graph()
     nouns = np.array(sorted(n for n in graph.nodes if graph.nodes[n].get("depth", 0) >= 4), dtype=np.int64)
@@ -244,8 +244,8 @@ def write_pool(root: str, n: int, seed: int = 0) -> None:
 
 def run_ours(root: str, recipe_name: str, out_path: str) -> dict:
     from engine.catalog import refresh_catalog
-    from engine.manifest import build_manifest
-    from engine.recipe import load_recipe
+    from engine.curation.manifest import build_manifest
+    from engine.curation.recipe import load_recipe
     from engine.workspace import Workspace
 
     ws = Workspace(root)
@@ -263,7 +263,7 @@ def run_pandas(root: str, out_path: str) -> dict:
 
     import pandas as pd
 
-    from engine.recipe import load_recipe
+    from engine.curation.recipe import load_recipe
 
     recipe = load_recipe("lowres")
     began = time.perf_counter()

@@ -49,7 +49,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from engine.ocr import DEFAULT_BACKEND, OCR_BACKENDS, OcrConfig, load_ocr, read_image, rows_text  # noqa: E402
+from engine.profiling.ocr import load_ocr, read_image  # noqa: E402
+from engine.profiling.ocr_models import DEFAULT_BACKEND, OCR_BACKENDS, OcrConfig  # noqa: E402
+from engine.profiling.ocr_signals import rows_text  # noqa: E402
 from tests.ocr_data import (  # noqa: E402
     SKIMAGE_PHOTOS,
     font,
@@ -215,8 +217,8 @@ def ray_vs_loop(
     backend: str, items: list[dict], num_cpus: int, shard_size: int, work: str, loop_threads: int
 ) -> dict:
     """The OcrStage on Ray (run_image_stage) against the same stage in a plain loop."""
-    from engine.ingest import IngestConfig
-    from engine.source import load_source
+    from engine.profiling.ingest import IngestConfig
+    from engine.profiling.source import load_source
     from engine.workspace import Workspace
     from pipelines.backfill import run_image_stage
     from pipelines.curate import run_curate

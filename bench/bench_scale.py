@@ -67,7 +67,7 @@ def base_images() -> list[dict]:
     """openclipart's PNGs in the demo source's fixed hash order, with pixel counts from the headers."""
     from PIL import Image
 
-    from engine.source import OpenclipartSource
+    from engine.profiling.openclipart_source import OpenclipartSource
 
     rows = OpenclipartSource(OPENCLIPART).list_records().to_pylist()
     for row in rows:
@@ -130,7 +130,7 @@ def write_tar(job: tuple[str, list[dict], list[tuple[int, int]]]) -> int:
     """Write one tar of pairs (base-major, so each base is decoded once). Returns pairs written."""
     from PIL import Image
 
-    from engine.source import openclipart_caption
+    from engine.profiling.openclipart_source import openclipart_caption
 
     path, bases, pairs = job
     Image.MAX_IMAGE_PIXELS = None  # we derive, ingest validates; bases are our own files
@@ -198,7 +198,7 @@ def generate(source_dir: str, n: int, processes: int) -> dict:
 
 def run_step(step: str, root: str, num_cpus: int) -> dict:
     """Run one step on the workspace (in this process); return its counts."""
-    from engine.source import load_source
+    from engine.profiling.source import load_source
     from engine.workspace import Workspace
 
     ws = Workspace(os.path.join(root, "ws"))
@@ -223,26 +223,26 @@ def run_step(step: str, root: str, num_cpus: int) -> dict:
         s = run_image_stage(ws, stage, num_cpus=num_cpus, progress=False, refresh=False)
         return {"rows": s.rows, "shards": s.shards_run}
     if step == "index":
-        from engine.index import build_index
+        from engine.vectors.index import build_index
 
         metas = {m: build_index(ws, m) for m in ("image", "text")}
         return {"rows": metas["image"].ntotal, "text_vectors": metas["text"].ntotal}
     if step == "dedup":
-        from engine.dedup import dedup_workspace
+        from engine.vectors.dedup import dedup_workspace
 
         s = dedup_workspace(ws)
         return {"rows": s.samples, "communities": s.communities, "duplicates": s.duplicates}
     if step == "tag":
         from engine.catalog import refresh_catalog
-        from engine.embed import load_embedder
-        from engine.tagging import TagConfig, tag_workspace
+        from engine.graph.tagging import TagConfig, tag_workspace
+        from engine.vectors.model_specs import load_embedder
 
         s = tag_workspace(ws, config=TagConfig(embedder=load_embedder(None)), progress=False)
         refresh_catalog(ws)
         return {"rows": s.samples, "tags": s.tags, "mined": len(s.mined), "concepts": s.concepts}
     if step == "manifest":
-        from engine.manifest import build_manifest
-        from engine.recipe import load_recipe
+        from engine.curation.manifest import build_manifest
+        from engine.curation.recipe import load_recipe
 
         result = build_manifest(ws, load_recipe("lowres"), seed=0, force=True)
         counts = result.sidecar["counts"]

@@ -24,7 +24,7 @@ import faiss
 import numpy as np
 
 from bench.bench_dedup import CHUNK, make_data, unit
-from engine.index import IndexConfig, IndexMeta, VectorIndex, create_faiss_index
+from engine.vectors.index import IndexConfig, IndexMeta, VectorIndex, create_faiss_index
 
 
 def build(kind: str, vectors: np.ndarray, args) -> tuple[VectorIndex, float]:

@@ -23,9 +23,9 @@ import sys
 import time
 from pathlib import Path
 
-from engine.graph import GraphConfig, load_graph, prune_graph
-from engine.source import OPENCLIPART_ROOT, openclipart_caption
-from engine.tagging import build_matcher
+from engine.graph.concept_graph import GraphConfig, load_graph, prune_graph
+from engine.graph.matching import build_matcher
+from engine.profiling.openclipart_source import OPENCLIPART_ROOT, openclipart_caption
 
 _MATCHER = None  # set before forking: the workers share it copy-on-write
 _CAPTIONS: list[str] = []
@@ -97,7 +97,7 @@ def main() -> int:
     if args.convert:
         import tempfile
 
-        from engine.wordnet import read_wordnet
+        from engine.graph.wordnet import read_wordnet
 
         began = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="zcurate-bench-"):

@@ -28,8 +28,6 @@ import pyarrow as pa
 from engine import schema
 from engine.workspace import Workspace
 
-CATALOG_FILE = "catalog.duckdb"
-
 DERIVED_VIEWS = {
     "sample_signals": """
         SELECT s.*, g.* EXCLUDE (sample_id, image_id)
@@ -141,10 +139,10 @@ def refresh_catalog(ws: Workspace) -> str | None:
     """Rebuild ``WS/catalog.duckdb`` atomically; returns its path (None for remote workspaces)."""
     if not ws.is_local:
         return None
-    final = ws.path(CATALOG_FILE)
-    tmp_dir = ws.path("_tmp")
+    final = ws.path(ws.catalog_file)
+    tmp_dir = ws.path(ws.tmp)
     os.makedirs(tmp_dir, exist_ok=True)
-    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}-{CATALOG_FILE}")
+    tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}-{ws.catalog_file}")
     con = duckdb.connect(tmp)
     try:
         create_views(con, ws)
@@ -157,7 +155,7 @@ def refresh_catalog(ws: Workspace) -> str | None:
 def connect_catalog(ws: Workspace) -> duckdb.DuckDBPyConnection:
     """A read-only connection to the catalog (in-memory views for remote workspaces)."""
     if ws.is_local:
-        path = ws.path(CATALOG_FILE)
+        path = ws.path(ws.catalog_file)
         if not os.path.exists(path):
             refresh_catalog(ws)
         con = duckdb.connect(path, read_only=True)

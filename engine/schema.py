@@ -62,6 +62,21 @@ SAMPLES = pa.schema(
     ]
 )
 
+# --- plan rows: a source's listing, saved per source in the workspace's plans folder ---------------
+# (engine.profiling.plan; each source's list_records() returns these columns)
+
+PLAN_ROW = pa.schema(
+    [
+        ("ref", pa.string()),  # unique inside the source: relative path, row number, tar#key
+        ("uri", pa.string()),  # where the image is read from (null when there is none)
+        ("caption_ref", pa.string()),  # sidecar path / tar member holding the caption, if any
+        ("caption", pa.binary()),  # caption bytes given by a table row (null: not given)
+        ("error", pa.string()),  # a reject reason found while listing (e.g. malformed_row)
+        ("detail", pa.string()),
+    ]
+)
+PLAN_FILE = pa.schema([("shard", pa.int32()), *PLAN_ROW])  # the saved plan: plan rows + their shard
+
 # --- signals: the Data Profiling Engine's cheap per-pair signals (status ok only) ----------------
 
 SIGNALS = pa.schema(
@@ -123,11 +138,14 @@ CONCEPT_ANCESTORS = pa.schema(
     ]
 )
 
+# Where a tag came from (tags.source): the caption's words, the OCR text, or CLIP zero-shot.
+TAG_SOURCES = ("caption", "ocr", "clip")
+
 TAGS = pa.schema(
     [
         ("sample_id", pa.string()),
         ("concept_id", pa.int64()),
-        ("source", pa.string()),  # caption | ocr | clip
+        ("source", pa.string()),  # one of TAG_SOURCES
         ("score", pa.float32()),  # text: share of the sense scores (1.0 unambiguous); clip: cosine
         ("hits", pa.int16()),  # times the concept matched in that text (1 for clip)
         ("span", pa.string()),  # the matched words (normalised); null for clip
@@ -138,13 +156,14 @@ GRAPH_SHARD = "graph"  # the shard id of the single file of each graph table
 
 # --- concept_loss: the trainer's per-concept loss report (engine/s3dit, read by feedback) -----------
 
-# One file per report: feedback/<stage>/<step>.parquet (see engine.s3dit.concept_loss).
+# One file per report: Workspace.feedback_rel(stage, step) (see engine.s3dit.concept_loss). The
+# concept ids are the graph's int64 ids, as in tags and in a manifest's concept_ids, end to end.
 CONCEPT_LOSS = pa.schema(
     [
         ("stage", pa.string()),  # the training stage (lowres, omni, sft, ...)
         ("step", pa.int64()),  # the trainer's global step when the report was made
         ("manifest", pa.string()),  # the manifest the batches came from (path or URI)
-        ("concept_id", pa.string()),  # a concept of the manifest's concept_ids; "" = samples without
+        ("concept_id", pa.int64()),  # a concept of the manifest's concept_ids; null = draws without one
         ("samples", pa.int32()),  # draws carrying the concept since the previous report
         ("loss_mean", pa.float32()),  # mean flow-matching loss of those draws
         ("loss_std", pa.float32()),  # their standard deviation (0 for one draw)
@@ -162,7 +181,8 @@ TABLES: dict[str, pa.Schema] = {
 
 # Columns of other tables that the catalog's ``signals`` view joins in by sample_id, so a user sees
 # one row of signals per sample whichever stage produced them (table name -> columns). Each image
-# stage writes its own table (a rerun of one stage never rewrites another's files).
+# stage writes its own table (a rerun of one stage never rewrites another's files). Filled below,
+# table by table; signals_view() gives the view's columns with their types.
 SIGNAL_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 # --- embeddings and safety: the Cross-modal Vector Engine's vectors and the NSFW score -----------
@@ -238,3 +258,47 @@ OCR = pa.schema(
 
 TABLES["ocr"] = OCR
 SIGNAL_COLUMNS["ocr"] = tuple(OCR.names[2:])
+
+
+def signals_view() -> pa.Schema:
+    """The columns of the catalog's ``signals`` view (engine.catalog): ``SIGNALS`` and then each
+    table's ``SIGNAL_COLUMNS``, with their types, in that order."""
+    fields = list(SIGNALS)
+    for table, names in SIGNAL_COLUMNS.items():
+        fields += [TABLES[table].field(name) for name in names]
+    return pa.schema(fields)
+
+
+# --- manifests: the Active Curation Engine's output (engine/curation/manifest.py) -----------------
+# Workspace.manifest_rel(stage, manifest_id) + ".parquet"; a JSON sidecar beside it. After these
+# columns come the pool columns the recipe read (its filters and tilts), and with --size the draw
+# columns (MANIFEST_DRAW).
+
+MANIFEST_ROW = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("uri", pa.string()),
+        ("caption", pa.string()),  # as the stage uses it (caption_form says which form)
+        ("weight", pa.float64()),  # relative sampling weight, mean 1 over the rows
+        ("bucket_h", pa.int32()),
+        ("bucket_w", pa.int32()),
+        ("stage", pa.string()),
+        ("kind", pa.string()),  # t2i (text-to-image) | i2i (image-to-image: source_* is the reference)
+        ("concept_ids", pa.list_(pa.int64())),  # graph concept ids, as in tags
+        ("source_sample_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("caption_form", pa.string()),  # original | ocr | tags | enhanced
+    ]
+)
+# What any manifest must have for a trainer to draw from it (a hand-made one may lack the rest).
+MANIFEST_REQUIRED = ("sample_id", "uri", "caption", "weight", "bucket_h", "bucket_w")
+MANIFEST_DRAW = pa.schema([("draw", pa.int64()), ("epoch", pa.int32())])  # a materialised manifest
+
+# One row per boosted sample of one boost file: Workspace.boost_rel(stage, name).
+BOOSTS = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("factor", pa.float64()),  # multiplies the sample's manifest weight; in (0, MAX_BOOST]
+        ("reason", pa.string()),  # what the user was fixing, e.g. "gap: lorikeet"
+    ]
+)

@@ -1,12 +1,21 @@
 """The workspace: one directory (or pyarrow filesystem URI) holding every table as Parquet shards.
 
-Layout (DESIGN.md section 3)::
+Layout (DESIGN.md section 3); every path below is named once, here, by a property or a ``*_rel``
+method, and relative to the workspace root::
 
-    WS/samples/<shard_id>.parquet     one file per shard of work, per table
-    WS/signals/<shard_id>.parquet
-    WS/_plans/<kind>-<key>.parquet    the record -> shard assignment of each ingested source
-    WS/_tmp/                          half-written files; never read
-    WS/catalog.duckdb                 DuckDB views over the tables (local workspaces)
+    WS/<table>/<shard_id>.parquet     one file per shard of work, per table (schema.TABLES)
+    WS/_plans/<kind>-<key>.parquet    the record -> shard assignment of each source (plan_rel)
+    WS/_plans/<kind>-<key>.json       how that source was opened and judged (source_config_rel)
+    WS/index/<modality>.*             FAISS indexes, id maps and their metadata (index_dir)
+    WS/manifests/<stage>/<id>.*       stage manifests and their sidecars (manifest_rel)
+    WS/feedback/<stage>/<step>.parquet  the trainer's per-concept loss reports (feedback_rel)
+    WS/boosts/<stage>/<hash>.parquet  user boosts of samples for a stage (boost_rel)
+    WS/train/<run>/                   the bundled trainer's runs: checkpoints, logs (train)
+    WS/_failed/<shard_id>.json        shards that failed every attempt (failed_rel)
+    WS/_jobs/<job id>.log             the service's curation jobs' output (jobs)
+    WS/_cache/                        derived files that can be remade: thumbnails, vectors (cache)
+    WS/_tmp/                          half-written files; never read (tmp)
+    WS/catalog.duckdb                 DuckDB views over the tables (catalog_file; local workspaces)
 
 Every write goes to ``_tmp`` first and is then renamed into place, so a reader (or a resumed
 job) sees a whole shard or no shard. On object stores a rename is a copy, but each object PUT is
@@ -80,10 +89,46 @@ class Workspace:
     def exists(self, *parts: str) -> bool:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
+    # --- where things live -------------------------------------------------------------------
+
+    tmp = "_tmp"  # half-written files, renamed into place when whole
+    plans = "_plans"  # each source's shard plan and how it was opened
+    failed = "_failed"  # one record per shard that failed every attempt
+    jobs = "_jobs"  # the service's curation jobs' output
+    cache = "_cache"  # derived files (thumbnails, concept vectors) that can be remade at any time
+    index_dir = "index"  # the FAISS indexes (engine.vectors.index)
+    manifests = "manifests"  # stage manifests (engine.curation.manifest)
+    feedback = "feedback"  # trainer reports (engine.s3dit.concept_loss, engine.curation.feedback)
+    boosts = "boosts"  # user boosts (engine.curation.feedback)
+    train = "train"  # the bundled trainer's runs (engine.s3dit.train)
+    catalog_file = "catalog.duckdb"  # DuckDB views over the tables (engine.catalog)
+
+    def plan_rel(self, prefix: str) -> str:
+        """The saved plan of the source whose shard ids start with ``prefix`` (``<kind>-<key>``)."""
+        return f"{self.plans}/{prefix}.parquet"
+
+    def source_config_rel(self, prefix: str) -> str:
+        """How the source of ``prefix`` was opened and judged (for stages run later)."""
+        return f"{self.plans}/{prefix}.json"
+
+    def failed_rel(self, shard_id: str) -> str:
+        return f"{self.failed}/{shard_id}.json"
+
+    def manifest_rel(self, stage: str, manifest_id: str) -> str:
+        """A manifest's path without suffix (``.parquet`` and the ``.json`` sidecar follow)."""
+        return f"{self.manifests}/{stage}/{manifest_id}"
+
+    def feedback_rel(self, stage: str, step: int) -> str:
+        """One trainer report: the step zero-padded to 9 digits, so names sort in step order."""
+        return f"{self.feedback}/{stage}/{step:09d}.parquet"
+
+    def boost_rel(self, stage: str, name: str) -> str:
+        return f"{self.boosts}/{stage}/{name}.parquet"
+
     # --- atomic writes ------------------------------------------------------------------------
 
     def _tmp_path(self, name: str) -> str:
-        tmp_dir = self.path("_tmp")
+        tmp_dir = self.path(self.tmp)
         self.fs.create_dir(tmp_dir, recursive=True)
         return f"{tmp_dir}/{uuid.uuid4().hex}-{name}"
 
@@ -103,14 +148,18 @@ class Workspace:
         )
         self.fs.move(tmp, final)
 
-    def write_text(self, rel_path: str, text: str) -> None:
-        """Write a UTF-8 text file at ``rel_path`` atomically."""
+    def write_bytes(self, rel_path: str, data: bytes) -> None:
+        """Write a file at ``rel_path`` atomically (temporary name, then rename)."""
         final = self.path(rel_path)
         self.fs.create_dir(final.rsplit("/", 1)[0], recursive=True)
         tmp = self._tmp_path(final.rsplit("/", 1)[1])
         with self.fs.open_output_stream(tmp) as out:
-            out.write(text.encode("utf-8"))
+            out.write(data)
         self.fs.move(tmp, final)
+
+    def write_text(self, rel_path: str, text: str) -> None:
+        """Write a UTF-8 text file at ``rel_path`` atomically."""
+        self.write_bytes(rel_path, text.encode("utf-8"))
 
     def read_text(self, rel_path: str) -> str:
         with self.fs.open_input_stream(self.path(rel_path)) as stream:

@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 
 from engine import schema
 from engine.catalog import refresh_catalog
-from engine.ingest import IngestConfig, ingest_record
-from engine.plan import ShardPlan, load_plans, read_shard_rows
-from engine.source import Source
+from engine.profiling.ingest import IngestConfig, ingest_record
+from engine.profiling.plan import ShardPlan, load_plans, read_shard_rows
+from engine.profiling.source import Source
 from engine.workspace import Workspace
 from pipelines.runtime import map_shards, ray_session, record_failure
 from pipelines.stages import ImageStage, StageItem

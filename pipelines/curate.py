@@ -33,17 +33,17 @@ import pyarrow.compute as pc
 
 from engine import schema
 from engine.catalog import refresh_catalog
-from engine.dedup import index_and_dedup
-from engine.ingest import IngestConfig, find_duplicate_rows, make_rejected_id
-from engine.plan import ShardPlan, plan_source, read_shard_rows, save_source_config
-from engine.source import Source
+from engine.profiling.ingest import IngestConfig, find_duplicate_rows, make_rejected_id
+from engine.profiling.plan import ShardPlan, plan_source, read_shard_rows, save_source_config
+from engine.profiling.source import Source
+from engine.vectors.dedup import index_and_dedup
 from engine.workspace import Workspace
 from pipelines.backfill import run_image_stage
 from pipelines.runtime import clear_failures, map_shards, ray_session, record_failure
 from pipelines.stages import ImageStage, IngestStage, ProfileStage, StageItem
 
 if TYPE_CHECKING:
-    from engine.tagging import TagSummary
+    from engine.graph.tagging import TagSummary
 
 DEFAULT_SHARD_SIZE = 256  # records: ~3 s of work per shard on one core for openclipart (64 records
 # took ~0.8 s in bench/), so a killed job loses little; a 1M-pair source is ~4k shards
@@ -240,7 +240,7 @@ def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[ImageSt
     CLIP zero-shot tags use the embed stage's model, so they match the stored image vectors.
     """
     try:
-        from engine.tagging import TagConfig, tag_workspace, tags_up_to_date
+        from engine.graph.tagging import TagConfig, tag_workspace, tags_up_to_date
     except ImportError:  # networkx comes with the [all] extra; a core install curates without tags
         return None
     if tags_up_to_date(ws):

@@ -37,7 +37,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 logger = logging.getLogger(__name__)
 SHIP_CODE_ENV = "ZCURATE_RAY_SHIP_CODE"  # "1": send engine/ and pipelines/ to the cluster's workers
-FAILED_DIR = "_failed"  # in a workspace: <shard_id>.json for each shard that failed every attempt
 MAX_ATTEMPTS = 3  # tries per shard: a lost node or a flaky read gets two more chances; a file that
 # kills its worker every time costs three worker restarts (a few seconds each), then is reported
 WORKER_DIED = "the worker process died (a crash in native code, out of memory, or a lost node)"
@@ -57,16 +56,16 @@ def record_failure(ws: Workspace, shard_id: str, table: str, failure: ShardFailu
     return the error. A rerun retries the shard; ``clear_failures`` drops the record once it has
     the table."""
     record = {"shard_id": shard_id, "table": table, "error": failure.error, "attempts": failure.attempts}
-    ws.write_text(f"{FAILED_DIR}/{shard_id}.json", json.dumps(record, indent=1) + "\n")
+    ws.write_text(ws.failed_rel(shard_id), json.dumps(record, indent=1) + "\n")
     return failure.error
 
 
 def clear_failures(ws: Workspace) -> None:
     """Remove the failure records of shards that have their table now."""
-    for name in ws.list_files(FAILED_DIR, ".json"):
-        record = json.loads(ws.read_text(f"{FAILED_DIR}/{name}"))
+    for name in ws.list_files(ws.failed, ".json"):
+        record = json.loads(ws.read_text(f"{ws.failed}/{name}"))
         if ws.has_shard(record["table"], record["shard_id"]):
-            ws.fs.delete_file(ws.path(FAILED_DIR, name))
+            ws.fs.delete_file(ws.path(ws.failed, name))
 
 
 class _DropNotice(logging.Filter):

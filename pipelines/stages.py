@@ -23,10 +23,12 @@ import pyarrow as pa
 from PIL import Image
 
 from engine import schema
-from engine.ingest import IngestConfig, IngestResult, ingest_record
-from engine.ocr import OcrConfig, OcrResult, check_config, load_ocr, ocr_signals, read_image
-from engine.profile import detect_language, profile_caption, profile_image
-from engine.source import RawRecord
+from engine.profiling.ingest import IngestConfig, IngestResult, ingest_record
+from engine.profiling.ocr import load_ocr, read_image
+from engine.profiling.ocr_models import OcrConfig, check_config
+from engine.profiling.ocr_signals import OcrResult, ocr_signals
+from engine.profiling.profile import detect_language, profile_caption, profile_image
+from engine.profiling.records import RawRecord
 
 
 @dataclass
@@ -151,7 +153,7 @@ class EmbedStage:
     _shard: object = field(default=None, repr=False)
 
     def setup(self) -> None:
-        from engine.embed import load_embedder
+        from engine.vectors.model_specs import load_embedder
 
         self._embedder = load_embedder(self.model)
         if self._embedder.embed_dim != schema.EMBED_DIM:
@@ -161,7 +163,7 @@ class EmbedStage:
             )
 
     def begin_shard(self) -> None:
-        from engine.embed import ShardEmbedder
+        from engine.vectors.embedder import ShardEmbedder
 
         self._shard = ShardEmbedder(self._embedder, self.batch_size)
 
@@ -187,12 +189,12 @@ class SafetyStage:
     _shard: object = field(default=None, repr=False)
 
     def setup(self) -> None:
-        from engine.safety import load_nsfw_model
+        from engine.profiling.safety import load_nsfw_model
 
         self._model = load_nsfw_model(threads=1)  # one actor per CPU: one thread each
 
     def begin_shard(self) -> None:
-        from engine.safety import ShardSafety
+        from engine.profiling.safety import ShardSafety
 
         self._shard = ShardSafety(self._model)
 

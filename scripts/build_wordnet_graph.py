@@ -5,7 +5,7 @@ time:
 
     PYTHONPATH=$PWD .venv/bin/python scripts/build_wordnet_graph.py
     PYTHONPATH=$PWD .venv/bin/python scripts/build_wordnet_graph.py --wordnet-dir /usr/share/wordnet \
-        --out engine/data
+        --out engine/graph/data
 
 Writes ``wordnet_concepts.parquet``, ``wordnet_edges.parquet``, ``wordnet_lemmas.parquet``,
 ``wordnet_morph.parquet`` and ``wordnet_words.parquet``
@@ -22,7 +22,7 @@ import time
 
 import pyarrow.parquet as pq
 
-from engine.wordnet import WORDNET_DIR, read_wordnet
+from engine.graph.wordnet import WORDNET_DIR, read_wordnet
 
 DEFAULT_OUT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "engine", "data"))
 

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from engine.embed import load_embedder
-from engine.profile import analysis_copy, phash64
+from engine.profiling.profile import analysis_copy, phash64
+from engine.vectors.model_specs import load_embedder
 from tests.neardup import EDITS, decode, edit, load_original, openclipart_files
 
 THRESHOLDS = (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96)

@@ -36,3 +36,23 @@ def curated_ws(tmp_path_factory):
     from tests.curated import curate_small_workspace
 
     return curate_small_workspace(str(tmp_path_factory.mktemp("curated") / "ws"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on 2 cores shared with other jobs (Ray workers in other tests), OpenMP's
+    spinning threads make small ops 10-100x slower; one thread is also bit-reproducible."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def clipart_rows() -> list[dict]:
+    """Manifest rows of 64 real openclipart pairs (tests/engine/s3dit/manifests.py)."""
+    from tests.engine.s3dit.manifests import openclipart_rows
+
+    return openclipart_rows(64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 
-from engine.source import load_source
+from engine.profiling.source import load_source
 from engine.workspace import Workspace
 from pipelines.curate import run_curate
 from pipelines.stages import IMAGE_STAGES, build_image_stages

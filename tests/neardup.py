@@ -13,8 +13,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.ingest import to_rgb
-from engine.source import OPENCLIPART_ROOT
+from engine.profiling.ingest import to_rgb
+from engine.profiling.openclipart_source import OPENCLIPART_ROOT
 
 MAX_SIDE = 384  # originals are downscaled to this: openclipart PNGs run to 16000 px, and the
 # embedder sees 224 px anyway; a resize of the *original* is not one of the edits under test

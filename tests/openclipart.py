@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 
-from engine.embed_train import is_heldout, openclipart_pairs
+from engine.vectors.embedder_training import is_heldout, openclipart_pairs
 
 
 @functools.cache

@@ -220,7 +220,7 @@ def test_zcurate_commands_exist_with_their_options(config):
     they use is the one ZCURATE_WORKSPACE names, inside the shared volume."""
     import typer.main
 
-    from engine.cli import app
+    from cli.main import app
 
     cli = typer.main.get_command(app)
     target = next(v["target"] for v in config["services"]["api"]["volumes"] if v["source"] == "workspace")

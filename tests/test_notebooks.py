@@ -170,7 +170,7 @@ def catalog_one(ws, sql: str) -> tuple:
 @pytest.mark.slow
 @pytest.mark.ray
 def test_quickstart_finds_the_curated_workspace_done_and_shows_it(kernel_env, workspace):
-    from engine.manifest import list_manifests
+    from engine.curation.manifest_store import list_manifests
     from tests.curated import CURATED_LIMIT
 
     nb = run_notebook("01_quickstart", kernel_env, workspace.root, ZCURATE_NOTEBOOK_LIMIT=str(CURATED_LIMIT))
@@ -214,7 +214,7 @@ def test_statistics_prints_the_workspace_counts_and_draws_its_plots(kernel_env, 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_manifests_builds_lowres_and_sft_and_their_marginals_agree_with_the_sidecars(kernel_env, workspace):
-    from engine.manifest import list_manifests
+    from engine.curation.manifest_store import list_manifests
 
     nb = run_notebook("03_manifests", kernel_env, workspace.root)
     assert_ran_clean(nb)  # a cell asserts that the marginal it computes is the sidecar's
@@ -233,7 +233,7 @@ def test_manifests_builds_lowres_and_sft_and_their_marginals_agree_with_the_side
 @pytest.mark.slow
 @pytest.mark.ray
 def test_training_runs_three_stages_reports_losses_and_samples(kernel_env, workspace):
-    from engine.manifest import list_manifests
+    from engine.curation.manifest_store import list_manifests
 
     nb = run_notebook("04_training", kernel_env, workspace.root)
     assert_ran_clean(nb)

@@ -13,7 +13,7 @@ from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from api.sandbox import json_safe
 from api.schemas import ConceptGap, ConceptGaps, ConceptMatch, ConceptNeighbourhood
 from engine.catalog import connect_catalog
-from engine.graph import concept_neighbourhood, representation_gaps
+from engine.graph.concept_queries import concept_neighbourhood, representation_gaps
 
 router = APIRouter(
     tags=["concepts"],

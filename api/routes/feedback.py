@@ -14,9 +14,9 @@ from api.deps import State
 from api.errors import ERROR_RESPONSES
 from api.schemas import FeedbackRequest, FeedbackResult
 from engine import schema
-from engine.feedback import FeedbackConfig, stage_feedback
-from engine.manifest import feedback_config
-from engine.recipe import load_recipe, shipped_recipes
+from engine.curation.feedback import FeedbackConfig, stage_feedback
+from engine.curation.manifest_identity import feedback_config
+from engine.curation.recipe import load_recipe, shipped_recipes
 from engine.s3dit.concept_loss import send_feedback
 
 router = APIRouter(tags=["feedback"], responses=ERROR_RESPONSES)

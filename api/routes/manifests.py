@@ -23,8 +23,8 @@ from api.schemas import (
     ManifestStatus,
     ManifestSummary,
 )
-from engine.manifest import ManifestError
-from engine.recipe import load_recipe, shipped_recipes
+from engine.curation.manifest import ManifestError
+from engine.curation.recipe import load_recipe, shipped_recipes
 
 router = APIRouter(
     tags=["manifests"],

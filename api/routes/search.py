@@ -18,8 +18,8 @@ from api.deps import State
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from api.schemas import SearchResult
 from api.searcher import SearchUnavailable
-from engine.embed import EmbedderError
-from engine.ingest import IngestConfig, Reject, decode_image
+from engine.profiling.ingest import IngestConfig, Reject, decode_image
+from engine.vectors.embedder import EmbedderError
 
 router = APIRouter(
     tags=["search"],

@@ -65,7 +65,7 @@ def send_feedback(ws: Workspace, report: pa.Table) -> str:
     if report.num_rows == 0:
         raise ValueError("an empty concept-loss report")
     stage, step = report["stage"][0].as_py(), report["step"][0].as_py()
-    rel = f"feedback/{stage}/{step:09d}.parquet"
+    rel = ws.feedback_rel(stage, step)
     ws.write_parquet(rel, report.cast(schema.CONCEPT_LOSS))
     return ws.path(rel)
 
@@ -75,7 +75,7 @@ def read_feedback(ws: Workspace, stage: str) -> pa.Table:
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    selector = pafs.FileSelector(ws.path("feedback", stage), allow_not_found=True)
+    selector = pafs.FileSelector(ws.path(ws.feedback, stage), allow_not_found=True)
     files = sorted(i.path for i in ws.fs.get_file_info(selector) if i.is_file and i.path.endswith(".parquet"))
     if not files:
         return schema.CONCEPT_LOSS.empty_table()

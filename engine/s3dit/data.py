@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from engine.ingest import Reject, read_sample_image
-from engine.source import open_filesystem
+from engine.profiling.ingest import Reject, read_sample_image
+from engine.profiling.records import open_filesystem
 
 REQUIRED_COLUMNS = ("sample_id", "uri", "caption", "weight", "bucket_h", "bucket_w")
 OPTIONAL_COLUMNS = ("stage", "concept_ids", "source_sample_id", "source_uri")

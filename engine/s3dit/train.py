@@ -69,7 +69,8 @@ class TrainConfig:
 
     @property
     def run_dir(self) -> str:
-        return os.path.join(Workspace(self.workspace).root, "train", self.run_name)
+        ws = Workspace(self.workspace)
+        return ws.path(ws.train, self.run_name)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -131,8 +132,8 @@ def rebuild_manifest(ws: Workspace, current: str) -> str | None:
     sidecar_path = os.path.splitext(current)[0] + ".json"
     if not os.path.exists(sidecar_path):
         return None
-    from engine.manifest import build_manifest
-    from engine.recipe import parse_recipe
+    from engine.curation.manifest import build_manifest
+    from engine.curation.recipe import parse_recipe
 
     with open(sidecar_path, encoding="utf-8") as f:
         sidecar = json.load(f)

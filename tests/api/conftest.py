@@ -29,11 +29,11 @@ KEYS = {"reader": "r-0123456789abcdef", "writer": "w-0123456789abcdef", "filekey
 def build_workspace(root: str) -> str:
     """Curate IMAGES openclipart pairs into ``root`` without Ray and return it."""
     from engine.catalog import refresh_catalog
-    from engine.dedup import index_and_dedup
-    from engine.ingest import IngestConfig
-    from engine.plan import plan_source, save_source_config
-    from engine.source import load_source
-    from engine.tagging import TagConfig, tag_workspace
+    from engine.graph.tagging import TagConfig, tag_workspace
+    from engine.profiling.ingest import IngestConfig
+    from engine.profiling.plan import plan_source, save_source_config
+    from engine.profiling.source import load_source
+    from engine.vectors.dedup import index_and_dedup
     from engine.workspace import Workspace
     from pipelines.curate import CurateShard
     from pipelines.stages import EmbedStage

@@ -12,7 +12,7 @@ import time
 import httpx
 from typer.testing import CliRunner
 
-from engine.cli import app
+from cli.main import app
 
 runner = CliRunner()
 
@@ -40,7 +40,7 @@ def free_port() -> int:
 def test_serve_answers_on_the_port(workspace):
     port = free_port()
     env = {**os.environ, "ZCURATE_API_KEYS": "servekey:read", "PYTHONPATH": os.getcwd()}
-    command = [sys.executable, "-m", "engine.cli", "serve", "--workspace", workspace, "--port", str(port)]
+    command = [sys.executable, "-m", "cli", "serve", "--workspace", workspace, "--port", str(port)]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"

@@ -10,9 +10,9 @@ import pytest
 
 from engine import schema
 from engine.catalog import dataset_stats, refresh_catalog, run_sql
-from engine.ingest import IngestConfig
-from engine.plan import plan_source, read_shard_rows
-from engine.source import FolderSource
+from engine.profiling.folder_source import FolderSource
+from engine.profiling.ingest import IngestConfig
+from engine.profiling.plan import plan_source, read_shard_rows
 from engine.workspace import Workspace
 from pipelines.curate import CurateShard, mark_duplicate_rows
 from tests.data import write_noise_folder

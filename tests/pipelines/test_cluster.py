@@ -22,10 +22,10 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from engine.cli import app
-from engine.plan import load_plans
+from cli.main import app
+from engine.profiling.plan import load_plans
 from engine.workspace import Workspace
-from pipelines.runtime import FAILED_DIR, SHIP_CODE_ENV, WORKER_DIED, ray_session
+from pipelines.runtime import SHIP_CODE_ENV, WORKER_DIED, ray_session
 from tests.data import write_noise_folder
 from tests.ray_cluster import LocalCluster, PoisonStage
 
@@ -103,7 +103,7 @@ from tests.ray_cluster import PoisonStage
 armed = sys.argv.pop(1)
 IMAGE_STAGES["poison"] = lambda: PoisonStage(armed)
 sys.argv[0] = "zcurate"
-from engine.cli import app
+from cli.main import app
 app()
 """
 
@@ -144,8 +144,8 @@ def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path):
     poisoned = {plan.shard_id(1), plan.shard_id(3)}
     assert set(Workspace(ws).list_shards("samples")) == {plan.shard_id(i) for i in range(4)} - poisoned
     records = {
-        name[: -len(".json")]: json.loads(Workspace(ws).read_text(f"{FAILED_DIR}/{name}"))
-        for name in Workspace(ws).list_files(FAILED_DIR, ".json")
+        name[: -len(".json")]: json.loads(Workspace(ws).read_text(f"{Workspace.failed}/{name}"))
+        for name in Workspace(ws).list_files(Workspace.failed, ".json")
     }
     assert set(records) == poisoned
     assert records[plan.shard_id(1)]["error"] == WORKER_DIED
@@ -162,7 +162,7 @@ def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path):
     assert second.returncode == 0, second.output[-3000:]
     assert "2 / 4" in second.output  # shards run / total: only the two that failed
     assert {p: os.stat(p).st_mtime_ns for p in done} == done  # finished shards untouched
-    assert Workspace(ws).list_files(FAILED_DIR, ".json") == []
+    assert Workspace(ws).list_files(Workspace.failed, ".json") == []
     assert_exactly_once(ws, n)
 
 
@@ -231,7 +231,7 @@ def test_a_worker_node_killed_mid_job_loses_nothing(tmp_path):
     assert killed_at < n // 4, "the kill came too late to matter"
     assert job.returncode == 0, err[-3000:]
     assert_exactly_once(ws, n)
-    assert Workspace(ws).list_files(FAILED_DIR, ".json") == []
+    assert Workspace(ws).list_files(Workspace.failed, ".json") == []
 
 
 def test_driver_sigkilled_on_the_cluster_then_rerun_resumes(cluster, tmp_path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from engine.catalog import run_sql
-from engine.embed import vectors
-from engine.ingest import IngestConfig
-from engine.source import FolderSource
+from engine.profiling.folder_source import FolderSource
+from engine.profiling.ingest import IngestConfig
+from engine.vectors.embedder import vectors
 from engine.workspace import Workspace
 from pipelines.curate import run_curate
 from pipelines.stages import EmbedStage, SafetyStage, StageItem
@@ -104,7 +104,7 @@ def test_embed_command_errors_are_one_line(tmp_path):
 def test_commands_show_an_example(command):
     from typer.testing import CliRunner
 
-    from engine.cli import app
+    from cli.main import app
 
     result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
     assert result.exit_code == 0, result.output

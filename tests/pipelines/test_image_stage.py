@@ -16,9 +16,9 @@ import pytest
 
 from engine import schema
 from engine.catalog import refresh_catalog, run_sql
-from engine.ingest import IngestConfig
-from engine.plan import plan_source, save_source_config
-from engine.source import FolderSource
+from engine.profiling.folder_source import FolderSource
+from engine.profiling.ingest import IngestConfig
+from engine.profiling.plan import plan_source, save_source_config
 from engine.workspace import Workspace
 from pipelines.backfill import StageShard, pending_shards
 from pipelines.curate import CurateShard, mark_duplicate_rows

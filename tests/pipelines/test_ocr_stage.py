@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from engine.catalog import refresh_catalog, run_sql
-from engine.ingest import IngestConfig
-from engine.ocr import OcrConfig
-from engine.plan import plan_source, save_source_config
-from engine.source import FolderSource
+from engine.profiling.folder_source import FolderSource
+from engine.profiling.ingest import IngestConfig
+from engine.profiling.ocr_models import OcrConfig
+from engine.profiling.plan import plan_source, save_source_config
 from engine.workspace import Workspace
 from pipelines.curate import CurateShard
 from pipelines.stages import IMAGE_STAGES, OcrStage

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 
-from engine.ingest import IngestConfig
-from engine.plan import plan_source
-from engine.source import FolderSource
+from engine.profiling.folder_source import FolderSource
+from engine.profiling.ingest import IngestConfig
+from engine.profiling.plan import plan_source
 from engine.workspace import Workspace
 from pipelines.curate import CurateShard
 from tests.data import write_noise_folder

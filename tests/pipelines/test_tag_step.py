@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.catalog import run_sql
-from engine.source import load_source
+from engine.profiling.source import load_source
 from engine.workspace import Workspace
 from pipelines.curate import run_curate
 from pipelines.stages import EmbedStage

@@ -1,0 +1,93 @@
+"""What every command shares: the workspace option, output formats, one-line errors and guards."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out = Console(soft_wrap=True)
+
+err = Console(stderr=True, soft_wrap=True)
+
+WorkspaceOption = Annotated[
+    str,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="ZCURATE_WORKSPACE",
+        help="Workspace directory or pyarrow filesystem URI (env ZCURATE_WORKSPACE).",
+    ),
+]
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def fail(message: str) -> None:
+    """One clear line on stderr and exit code 2: how bad input is reported."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+def print_table(table: pa.Table, title: str | None = None, max_rows: int = 200) -> None:
+    """Render an Arrow table for a terminal."""
+    view = Table(title=title, show_lines=False, title_justify="left")
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        view.add_row(*(cell(v) for v in row.values()))
+    out.print(view)
+    if table.num_rows > max_rows:
+        out.print(f"... {table.num_rows - max_rows} more rows (use --format csv/json/parquet for all)")
+
+
+def write_result(table: pa.Table, fmt: OutputFormat, output: Path | None, title: str | None = None) -> None:
+    """Write a query result in the chosen format to stdout or ``output``."""
+    if fmt is OutputFormat.parquet:
+        if output is None:
+            fail("--format parquet needs --output FILE")
+        pq.write_table(table, str(output))
+        err.print(f"wrote {table.num_rows} rows to {output}")
+        return
+    if fmt is OutputFormat.table:
+        print_table(table, title)
+        return
+    if fmt is OutputFormat.json:
+        text = json.dumps(table.to_pylist(), default=str, ensure_ascii=False, indent=1) + "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(table.column_names)
+        for row in table.to_pylist():
+            writer.writerow([cell(v) for v in row.values()])
+        text = buffer.getvalue()
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"wrote {table.num_rows} rows to {output}")

@@ -1,0 +1,88 @@
+"""CLIP zero-shot tags: each image's nearest concept texts, above a threshold calibrated on the data.
+
+The label set is the concepts the text tags use; the threshold is the lowest cosine at which the
+candidates are confirmed by the sample's own text tags often enough (``engine.graph.concept_index``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow.compute as pc
+
+from engine.graph.matching import SOURCE_CLIP, tags_table
+
+if TYPE_CHECKING:  # tagging imports this module: its config is only an annotation here
+    from engine.graph.tagging import TagConfig
+
+
+def load_clip_embedder(ws, embedder_spec: str | None) -> tuple[object | None, str]:
+    """The embedder that made the workspace's ``embeddings``, or None and why zero-shot is off."""
+    shards = ws.list_shards("embeddings")
+    if not shards:
+        return None, "no embeddings table (run 'zcurate embed' first)"
+    try:
+        from engine.vectors.model_specs import load_embedder
+    except ImportError as e:  # torch/open_clip come with the [all] extra
+        return None, f"the embedder cannot be imported: {e}"
+    model_ids = ws.read_shard("embeddings", shards[0]).column("model_id").drop_null()
+    made_by = model_ids[0].as_py() if len(model_ids) else None
+    try:
+        embedder = load_embedder(embedder_spec)
+    except Exception as e:  # a bad spec or missing weights: tag without CLIP, say why
+        return None, f"embedder {embedder_spec or 'default'}: {e}"
+    if made_by != embedder.model_id:
+        return None, f"embeddings were made by {made_by}, the embedder is {embedder.model_id}"
+    return embedder, ""
+
+
+def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summary) -> None:
+    """Zero-shot ``clip`` tags for every sample with an image vector (``engine.concept_index``)."""
+    from engine import schema
+    from engine.graph.concept_graph import ancestor_distances
+    from engine.graph.concept_index import build_concept_index, calibrate_threshold
+    from engine.vectors.embedder import vectors
+
+    index = build_concept_index(graph, vocabulary, embedder, ws)
+    ancestors = ancestor_distances(graph)
+    per_shard = {}
+    all_scores, all_confirmed = [], []
+    for shard_id in shards:
+        if not ws.has_shard("embeddings", shard_id):
+            continue
+        table = ws.read_shard("embeddings", shard_id).select(["sample_id", "image_vec"])
+        table = table.filter(pc.is_valid(table["image_vec"]))
+        if table.num_rows == 0:
+            continue
+        scores, ids = index.search(vectors(table["image_vec"]), config.clip_top_k)
+        text_tags: dict[str, set[int]] = {}
+        for row in ws.read_shard("tags", shard_id).select(["sample_id", "concept_id"]).to_pylist():
+            text_tags.setdefault(row["sample_id"], set()).add(row["concept_id"])
+        known = {s: set().union(*(ancestors.get(c, {c: 0}) for c in cs)) for s, cs in text_tags.items()}
+        candidates = []
+        for i, sample_id in enumerate(table["sample_id"].to_pylist()):
+            mine, up = text_tags.get(sample_id, set()), known.get(sample_id, set())
+            for score, c in zip(scores[i].tolist(), ids[i].tolist(), strict=True):
+                if c < 0:
+                    continue
+                confirmed = c in up or not mine.isdisjoint(ancestors.get(c, {}))
+                candidates.append((sample_id, c, score))
+                all_scores.append(score)
+                all_confirmed.append(confirmed)
+        per_shard[shard_id] = candidates
+    threshold, precision, recall = calibrate_threshold(
+        np.array(all_scores), np.array(all_confirmed, bool), config.clip_min_precision
+    )
+    summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
+    for shard_id, candidates in per_shard.items():
+        rows = [
+            {"sample_id": s, "concept_id": c, "source": SOURCE_CLIP, "score": score, "hits": 1, "span": None}
+            for s, c, score in candidates
+            if score >= threshold
+        ]
+        if rows:
+            existing = ws.read_shard("tags", shard_id).to_pylist()
+            ws.write_shard("tags", shard_id, tags_table(existing + rows, schema.TAGS))
+            summary.tags += len(rows)
+            summary.by_source[SOURCE_CLIP] = summary.by_source.get(SOURCE_CLIP, 0) + len(rows)

@@ -1,0 +1,401 @@
+"""Near-duplicate removal the Z-Image way (paper section 2.2): k-NN graph + communities.
+
+1. **Edges.** Semantic: every image vector searches the image index for its ``k`` nearest
+   neighbours with exact cosines (an IVF-PQ index lends its cells, not its lossy codes: see
+   ``_cell_join``; the index may be approximate, the threshold is not); a pair is kept when the
+   cosine is >= ``threshold``. Exact: pairs whose 64-bit pHash (``signals.phash``) differ in at most
+   ``phash_distance`` bits, found by multi-index hashing (split the hash into d+1 blocks; two
+   hashes within d bits agree on at least one block, so only same-block pairs are compared).
+2. **Communities.** The proximity graph is split into connected components (scipy, linear);
+   a component that is small or dense is one community; a larger sparse one (a chain of
+   similar-but-distinct images) is split with Louvain (networkx, seeded) or Leiden.
+3. **Representatives.** One per community, by the quality rule of ``representative_order``.
+
+Result: table ``dedup`` (one row per usable sample): community_id (the representative's
+sample_id), is_representative, nearest_id / nearest_sim (its most similar other image, exact
+cosine). Keeping ``is_representative`` rows removes the duplicates; a recipe decides.
+
+The defaults come from ``scripts/calibrate_dedup.py`` on openclipart copies (README, "Dedup").
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+from engine.vectors.index import VectorIndex, VectorIndexError, load_index, vectors_from_column
+from engine.workspace import Workspace
+
+METHODS = ("louvain", "leiden")
+SEARCH_STEP = 1 << 14  # vectors per k-NN / add step: a 32 MiB float32 copy of 512-d vectors
+
+
+@dataclass
+class DedupConfig:
+    """Thresholds and knobs of ``dedup_workspace``; see the module docstring for the method."""
+
+    threshold: float = 0.90  # image cosine at or above which two images are near-duplicates
+    # (calibrated: scripts/calibrate_dedup.py, README "Dedup")
+    phash_distance: int = 4  # pHash Hamming distance at or below which two images are duplicates;
+    # -1 turns the pHash pass off (calibrated likewise)
+    k: int = 16  # neighbours per image: a near-duplicate cluster larger than k is still joined
+    # through chains of neighbours, and 16 keeps the 1M-vector search within budget (bench)
+    nprobe: int | None = 8  # IVF cells joined with each cell; None: the index's own nprobe.
+    # 8 found every planted pair of 1M vectors (bench/bench_dedup.py)
+    method: str = "louvain"  # louvain (networkx) | leiden (needs a networkx backend such as cugraph)
+    resolution: float = 1.0  # modularity resolution: > 1 gives smaller communities
+    louvain_min_size: int = 32  # components at least this large and sparser than `dense`
+    dense: float = 0.5  # ... (edge density < 0.5) are split by Louvain; smaller ones stay whole:
+    # an original with a handful of edited copies forms a star (copies meet each other below the
+    # threshold), which Louvain would cut in two; chains that merge unrelated images grow larger
+    seed: int = 0
+
+
+@dataclass
+class DedupSummary:
+    samples: int
+    communities: int  # with more than one member
+    duplicates: int  # samples that are not representatives
+    semantic_pairs: int
+    phash_pairs: int
+    components_split: int  # components handed to Louvain/Leiden
+
+
+# --- edges ------------------------------------------------------------------------------------
+
+
+def cell_of_each_vector(ivf: faiss.IndexIVF) -> np.ndarray:
+    """The IVF cell (inverted list) of every FAISS id, read from the inverted lists."""
+    cell = np.empty(ivf.ntotal, np.int64)
+    for list_no in range(ivf.nlist):
+        size = ivf.invlists.list_size(list_no)
+        if size:
+            cell[faiss.rev_swig_ptr(ivf.invlists.get_ids(list_no), size)] = list_no
+    return cell
+
+
+def semantic_pairs(
+    index: VectorIndex, vectors: np.ndarray, threshold: float, k: int, nprobe: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The k nearest neighbours of every row of ``vectors`` (row r = FAISS id r), exact cosines.
+
+    Returns (i, j, sim) with i < j and sim >= threshold (each row keeps at most its k best),
+    unique pairs sorted by (i, j), and per row its nearest other row and that cosine (-1 and NaN
+    when it has none).
+    """
+    n = len(vectors)
+    nearest = np.full(n, -1, np.int64)
+    nearest_sim = np.full(n, np.nan, np.float32)
+    if n < 2:
+        return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), nearest, nearest_sim)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # once: float16 -> 32 is slow per block
+    ivf = faiss.try_extract_index_ivf(index.index)
+    if ivf is not None:
+        blocks = _cell_join(ivf, vectors, threshold, k, nprobe or ivf.nprobe, nearest, nearest_sim)
+    else:
+        blocks = _index_knn(index, vectors, threshold, k, nearest, nearest_sim)
+    keys, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for rows, cols, sim in blocks:
+        a, b = np.minimum(rows, cols), np.maximum(rows, cols)
+        keys.append(a * n + b)
+        sims.append(sim)
+    key, first = np.unique(np.concatenate(keys), return_index=True)
+    return key // n, key % n, np.concatenate(sims)[first], nearest, nearest_sim
+
+
+def _index_knn(index: VectorIndex, vectors, threshold, k, nearest, nearest_sim):
+    """Flat and HNSW indexes hold the vectors: their k-NN similarities are exact already."""
+    kk = min(k + 1, len(vectors))  # + 1: a vector finds itself
+    for start in range(0, len(vectors), SEARCH_STEP):
+        query = np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32)
+        sim, ids = index.index.search(query, kk)
+        rows = np.repeat(np.arange(start, start + len(ids)), kk)
+        cols, sim = ids.reshape(-1), sim.reshape(-1)
+        keep = (cols >= 0) & (cols != rows)
+        rows, cols, sim = rows[keep], cols[keep], sim[keep]
+        order = np.lexsort((cols, -sim, rows))  # per row, best first (ties: the smaller id)
+        first = np.ones(len(order), bool)
+        first[1:] = rows[order][1:] != rows[order][:-1]
+        best = order[first]
+        nearest[rows[best]], nearest_sim[rows[best]] = cols[best], sim[best]
+        hit = sim >= threshold
+        yield rows[hit], cols[hit], sim[hit]
+
+
+def _cell_join(ivf: faiss.IndexIVF, vectors, threshold, k, nprobe, nearest, nearest_sim):
+    """k-NN join over the index's IVF cells, with exact cosines from the stored vectors.
+
+    An IVF-PQ index keeps 64-byte codes whose inner products are off by up to ~0.2 on 512-d,
+    too coarse for a threshold, so the cells are used and the codes are not: the members of
+    each cell are compared with the members of the ``nprobe`` cells nearest its centroid (itself
+    included) in one matrix product. That is the candidate set an IVF search of the cell's
+    centroid visits, and a BLAS product is ~10x faster than scanning the lists query by query.
+    """
+    cell = cell_of_each_vector(ivf)
+    order = np.argsort(cell, kind="stable")
+    bounds = np.searchsorted(cell[order], np.arange(ivf.nlist + 1))
+    centroids = ivf.quantizer.reconstruct_n(0, ivf.nlist)
+    _, near_cells = ivf.quantizer.search(centroids, min(int(nprobe), ivf.nlist))
+    for c in range(ivf.nlist):
+        rows = order[bounds[c] : bounds[c + 1]]
+        if len(rows) == 0:
+            continue
+        cand = np.concatenate([order[bounds[j] : bounds[j + 1]] for j in near_cells[c] if j >= 0])
+        sim = vectors[rows] @ vectors[cand].T  # (m, M) exact cosines
+        sim[rows[:, None] == cand[None, :]] = -np.inf  # a vector is not its own neighbour
+        if sim.shape[1] == 0:
+            continue
+        best = np.argmax(sim, axis=1)
+        top = sim[np.arange(len(rows)), best]
+        has = np.isfinite(top)
+        nearest[rows[has]], nearest_sim[rows[has]] = cand[best[has]], top[has]
+        if sim.shape[1] > k:  # keep each row's k best, as a k-NN graph does
+            kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]
+            sim[sim < kth] = -np.inf
+        r, j = np.nonzero(sim >= threshold)
+        yield rows[r], cand[j], sim[r, j]
+
+
+def phash_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i, j, distance), i < j, of 64-bit hashes within ``max_distance`` bits; nulls: use a mask.
+
+    Equal hashes are linked in a chain (each to the previous one with the same value), which
+    connects them as well as all pairs would, in linear size.
+    """
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    if max_distance < 0 or len(phash) < 2:
+        return empty
+    phash = np.asarray(phash, np.uint64)
+    values, inverse = np.unique(phash, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    same = inverse[order][1:] == inverse[order][:-1]
+    ii, jj, dd = [order[:-1][same]], [order[1:][same]], [np.zeros(int(same.sum()), np.int64)]
+    # distinct values within max_distance (> 0): multi-index hashing over max_distance + 1 blocks
+    if max_distance > 0 and len(values) > 1:
+        first_row = order[np.r_[0, np.flatnonzero(~same) + 1]]  # a row carrying each distinct value
+        blocks = max_distance + 1
+        edges = np.linspace(0, 64, blocks + 1).astype(int)
+        keys = []
+        for lo, hi in itertools.pairwise(edges):
+            block = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
+            by_block = np.argsort(block, kind="stable")
+            starts = np.flatnonzero(np.r_[True, block[by_block][1:] != block[by_block][:-1], True])
+            for s, e in itertools.pairwise(starts):
+                if e - s >= 2:
+                    keys.append(_close_pairs(values, by_block[s:e], max_distance))
+        key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        a, b = key // len(values), key % len(values)
+        ii.append(first_row[a])
+        jj.append(first_row[b])
+        dd.append(np.bitwise_count(values[a] ^ values[b]).astype(np.int64))
+    i, j, d = np.concatenate(ii), np.concatenate(jj), np.concatenate(dd)
+    return np.minimum(i, j), np.maximum(i, j), d
+
+
+def _close_pairs(values: np.ndarray, members: np.ndarray, max_distance: int) -> np.ndarray:
+    """Keys a * len(values) + b (a < b) of the member pairs within ``max_distance`` bits."""
+    members = np.sort(members)
+    step = max(1, (1 << 22) // len(members))  # rows per step: a (step, g) distance matrix of <= 4M
+    keys = []
+    for start in range(0, len(members), step):
+        rows = members[start : start + step]
+        dist = np.bitwise_count(values[rows][:, None] ^ values[members][None, :])
+        upper = members[None, :] > rows[:, None]
+        r, c = np.nonzero((dist <= max_distance) & upper)
+        keys.append(rows[r].astype(np.int64) * len(values) + members[c])
+    return np.concatenate(keys)
+
+
+# --- communities ------------------------------------------------------------------------------
+
+
+def find_communities(
+    n: int, i: np.ndarray, j: np.ndarray, weight: np.ndarray, config: DedupConfig
+) -> tuple[np.ndarray, int]:
+    """Community label per node (labels are the smallest node of each community) and the number
+    of components split by Louvain/Leiden."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown community method {config.method!r}; choose louvain or leiden")
+    if n == 0:
+        return np.zeros(0, np.int64), 0
+    graph = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
+    _, comp = connected_components(graph, directed=False)
+    labels = comp.astype(np.int64)
+    size = np.bincount(comp)
+    edges = np.bincount(comp[i], minlength=len(size)) if len(i) else np.zeros(len(size), np.int64)
+    density = np.divide(edges, size * (size - 1) / 2, out=np.ones(len(size)), where=size > 1)
+    split = np.flatnonzero((size >= config.louvain_min_size) & (density < config.dense))
+    if len(split):
+        import networkx as nx
+
+        edge_comp = comp[i]
+        next_label = len(size)
+        for c in split:
+            sel = edge_comp == c
+            g = nx.Graph()
+            g.add_nodes_from(np.flatnonzero(comp == c).tolist())
+            g.add_weighted_edges_from(
+                zip(i[sel].tolist(), j[sel].tolist(), weight[sel].tolist(), strict=True)
+            )
+            if config.method == "louvain":
+                parts = nx.community.louvain_communities(g, resolution=config.resolution, seed=config.seed)
+            else:
+                try:
+                    parts = nx.community.leiden_communities(g, resolution=config.resolution, seed=config.seed)
+                except NotImplementedError as e:
+                    raise ValueError(
+                        "leiden needs a networkx backend that implements it (e.g. nx-cugraph); use louvain"
+                    ) from e
+            for part in sorted(parts, key=min):
+                labels[list(part)] = next_label
+                next_label += 1
+    # canonical labels: the smallest node of each community, independent of the algorithms' order
+    smallest = np.full(labels.max() + 1, n, np.int64)
+    np.minimum.at(smallest, labels, np.arange(n))
+    return smallest[labels], len(split)
+
+
+def representative_order(quality: pa.Table) -> np.ndarray:
+    """Rank of each row under the quality rule (0 = best); the representative is a community's best.
+
+    The rule, in order: more pixels (width x height: a resized or cropped copy loses); higher
+    clip_score rounded to 0.01 when present (the caption that matches its image best); lower
+    compression_ratio (a re-encoded copy loses); higher blur, i.e. the variance of the Laplacian
+    (sharper); then the smaller sample_id, so ties are broken the same way every run.
+    """
+
+    def column(name: str, fill: float) -> np.ndarray:
+        if name not in quality.column_names:
+            return np.full(quality.num_rows, fill)
+        return np.nan_to_num(pc.fill_null(quality[name].cast(pa.float64()), fill).to_numpy(), nan=fill)
+
+    pixels = column("width", 0.0) * column("height", 0.0)
+    clip = np.round(column("clip_score", -1.0), 2)
+    compression = column("compression_ratio", np.inf)
+    blur = column("blur", 0.0)
+    sample_rank = np.argsort(np.argsort(np.asarray(quality["sample_id"].to_pylist(), dtype=object)))
+    order = np.lexsort((sample_rank, -blur, compression, -clip, -pixels))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+# --- the workspace step -----------------------------------------------------------------------
+
+
+def load_image_vectors(ws: Workspace, vindex: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
+    """The image vectors in FAISS id order (float16) and their clip_score (NaN when absent)."""
+    parts, scores, ids = [], [], []
+    for shard in vindex.meta.shards:
+        path = ws.path("embeddings", f"{shard}.parquet")
+        names = pq.ParquetFile(path, filesystem=ws.fs).schema_arrow.names
+        columns = ["sample_id", "image_vec"] + (["clip_score"] if "clip_score" in names else [])
+        table = pq.read_table(path, columns=columns, filesystem=ws.fs)
+        valid, vectors = vectors_from_column(table["image_vec"])
+        table = table.filter(pa.array(valid))
+        parts.append(vectors.astype(np.float16))
+        ids.extend(table["sample_id"].to_pylist())
+        score = table["clip_score"] if "clip_score" in names else pa.nulls(table.num_rows, pa.float64())
+        scores.append(pc.fill_null(score.cast(pa.float64()), np.nan).to_numpy())
+    if ids != list(vindex.ids):
+        raise VectorIndexError("the image index is out of date: run 'zcurate index' first")
+    vectors = np.concatenate(parts) if parts else np.zeros((0, vindex.meta.dim), np.float16)
+    return vectors, (np.concatenate(scores) if scores else np.zeros(0))
+
+
+def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSummary:
+    """Write table ``dedup`` for every usable sample of ``ws`` (one shard, ``all``).
+
+    Semantic edges need the image index (``engine.index.build_index``); without it only the
+    pHash pass runs and nearest_id / nearest_sim stay null.
+    """
+    config = config or DedupConfig()
+    signals = ws.read_table("signals", ["sample_id", "width", "height", "compression_ratio", "blur", "phash"])
+    signals = signals.sort_by("sample_id")
+    sample_ids = np.asarray(signals["sample_id"].to_pylist(), dtype=object)
+    n = len(sample_ids)
+    row_of = {s: r for r, s in enumerate(sample_ids)}
+    ii, jj, ww = [], [], []
+    nearest_id: list[str | None] = [None] * n
+    nearest_sim = np.full(n, np.nan, np.float32)
+    clip = np.full(n, np.nan)
+    semantic_count = 0
+    try:
+        vindex = load_index(ws, "image")
+    except VectorIndexError:
+        vindex = None
+    if vindex is not None and n:
+        vectors, scores = load_image_vectors(ws, vindex)
+        rows = np.array([row_of.get(s, -1) for s in vindex.ids], np.int64)  # FAISS id -> signals row
+        a, b, sim, near, near_sim = semantic_pairs(vindex, vectors, config.threshold, config.k, config.nprobe)
+        keep = (rows[a] >= 0) & (rows[b] >= 0)  # a sample dropped since indexing has no row
+        ii.append(rows[a][keep])
+        jj.append(rows[b][keep])
+        ww.append(sim[keep].astype(np.float64))
+        semantic_count = int(keep.sum())
+        for fid in np.flatnonzero(rows >= 0):
+            r = rows[fid]
+            clip[r] = scores[fid]
+            if near[fid] >= 0:
+                nearest_id[r], nearest_sim[r] = str(vindex.ids[near[fid]]), near_sim[fid]
+    valid = signals["phash"].is_valid().to_numpy(zero_copy_only=False)
+    hashed = np.flatnonzero(valid)
+    pa_i, pa_j, dist = phash_pairs(
+        pc.fill_null(signals["phash"], 0).to_numpy()[hashed], config.phash_distance
+    )
+    ii.append(hashed[pa_i])
+    jj.append(hashed[pa_j])
+    ww.append(1.0 - dist / 64.0)
+    i, j, w = np.concatenate(ii).astype(np.int64), np.concatenate(jj).astype(np.int64), np.concatenate(ww)
+    labels, split = find_communities(n, i, j, w, config)
+    quality = signals.append_column("clip_score", pa.array(clip, pa.float64(), mask=np.isnan(clip)))
+    rank = representative_order(quality)
+    best = np.full(n + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(best, labels, rank)
+    is_rep = rank == best[labels]
+    rep_of_label = np.full(n + 1, -1, np.int64)
+    rep_of_label[labels[is_rep]] = np.flatnonzero(is_rep)
+    table = pa.table(
+        {
+            "sample_id": pa.array(sample_ids.tolist(), pa.string()),
+            "community_id": pa.array(sample_ids[rep_of_label[labels]].tolist() if n else [], pa.string()),
+            "is_representative": pa.array(is_rep, pa.bool_()),
+            "nearest_id": pa.array(nearest_id, pa.string()),
+            "nearest_sim": pa.array(nearest_sim, pa.float32(), mask=np.isnan(nearest_sim)),
+        }
+    )
+    for shard in ws.list_shards("dedup"):  # one global shard: replace whatever an older run left
+        if shard != "all":
+            ws.fs.delete_file(ws.path("dedup", f"{shard}.parquet"))
+    ws.write_shard("dedup", "all", table)
+    sizes = np.bincount(labels, minlength=n + 1) if n else np.zeros(1, np.int64)
+    return DedupSummary(
+        samples=n,
+        communities=int((sizes > 1).sum()),
+        duplicates=int(n - is_rep.sum()),
+        semantic_pairs=semantic_count,
+        phash_pairs=len(pa_i),
+        components_split=split,
+    )
+
+
+def index_and_dedup(ws: Workspace, progress=None) -> DedupSummary | None:
+    """The vector engine's global steps: build or extend both indexes, then dedup.
+
+    Does nothing (returns None) when the workspace has no ``embeddings`` shards yet.
+    """
+    from engine.vectors.index import build_index
+
+    if not ws.list_shards("embeddings"):
+        return None
+    for modality in ("image", "text"):
+        build_index(ws, modality, progress=progress)
+    return dedup_workspace(ws)

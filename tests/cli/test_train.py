@@ -1,0 +1,45 @@
+"""zcurate train and zcurate sample, end to end on a real openclipart manifest."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.engine.s3dit.manifests import write_manifest
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_train_then_sample_a_grid(tmp_path, clipart_rows):
+    ws = tmp_path / "ws"
+    folder = ws / "manifests" / "lowres"
+    folder.mkdir(parents=True)
+    write_manifest(str(folder / "m1.parquet"), clipart_rows[:8])
+    runner = CliRunner()
+    args = ["train", "--workspace", str(ws), "--preset", "S3DiT-T/4", "--steps", "3", "--batch-size", "4"]
+    result = runner.invoke(app, [*args, "--warmup", "1", "--feedback-every", "3"])
+    assert result.exit_code == 0, result.output
+    assert "lowres: 3 steps" in result.output
+    ckpt = ws / "train" / "s3dit" / "checkpoints" / "latest.pt"
+    assert ckpt.is_file() and (ws / "feedback" / "lowres" / "000000003.parquet").is_file()
+    out = tmp_path / "grid.png"
+    args = ["sample", "--checkpoint", str(ckpt), "--prompt", "a red car", "--prompt", "a cat"]
+    result = runner.invoke(app, [*args, "--steps", "2", "--per-prompt", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (3 * 32, 2 * 32)
+
+
+def test_bad_input_is_one_line(tmp_path):
+    runner = CliRunner()
+    ws = str(tmp_path / "ws")
+    result = runner.invoke(app, ["train", "--workspace", ws, "--stages", "lowres,sft"])
+    assert result.exit_code == 2 and "no manifest for stage 'lowres'" in result.output
+    result = runner.invoke(app, ["train", "--workspace", ws, "--manifest", "x.parquet", "--preset", "Huge/2"])
+    assert result.exit_code == 2 and "unknown preset" in result.output
+    result = runner.invoke(app, ["train", "--workspace", ws, "--manifest", str(tmp_path / "none.parquet")])
+    assert result.exit_code == 2 and "cannot read manifest" in result.output
+    result = runner.invoke(app, ["sample", "--checkpoint", os.path.join(ws, "no.pt"), "--prompt", "x"])
+    assert result.exit_code == 2 and "does not exist" in result.output

