@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The zcurate image: the engine, the Ray job and the REST service in one image. docker-compose.yml
-# runs it as the Ray head, the Ray workers, the API and the curate job (README, "Deployment").
+# runs it as the Ray head, the Ray workers, the API and the curate job (docs/deployment.md).
 #   docker compose build          (or: docker build -t zcurate .)
 # Two stages: `build` makes the virtual environment in /opt/venv; the final image copies only that
 # venv onto a fresh base, so the sources, pip and the wheel builds stay out of it.
@@ -30,6 +30,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY pipelines pipelines
 COPY api api
+COPY cli cli
 # Not editable: the package (with its recipes, WordNet tables and embedder weights: pyproject's
 # package-data) is copied into the venv, and /src is left behind with this stage.
 RUN --mount=type=cache,target=/var/cache/pip pip install ".[all]"

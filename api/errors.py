@@ -1,4 +1,8 @@
-"""Every error is JSON ``{"error": {"code", "message"}}``: bad input is a 4xx, never a 500."""
+"""Every error is JSON ``{"error": {"code", "message"}}``: bad input is a 4xx, never a 500.
+
+Engine errors that mean "no such thing" map to a status here, once for every route
+(``ConceptNotFound``: 404).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.graph.concept_queries import ConceptNotFound
 
 log = logging.getLogger("zcurate.api")
 
@@ -70,6 +76,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(exc.status_code, exc.code, _first_line(exc.detail), exc.headers)
+
+    @app.exception_handler(ConceptNotFound)
+    async def concept_not_found(request: Request, exc: ConceptNotFound) -> JSONResponse:
+        return error_response(404, "not_found", _first_line(str(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,16 +1,14 @@
-"""Score histograms for ``GET /v1/stats``: equal-width bins over each score's observed range."""
+"""Score histograms for ``GET /v1/stats`` (the scores of ``schema.SCORE_SIGNALS``) and for a
+manifest's weights: equal-width bins over each one's observed range."""
 
 from __future__ import annotations
 
 import duckdb
 
+from engine import schema
 from engine.catalog import connect_catalog
 from engine.workspace import Workspace
 
-# Scores a recipe thresholds on (columns of the catalog's ``signals`` view; null where a stage
-# has not run): image-caption agreement, NSFW probability, OCR confidence and text area; then
-# sharpness and size, which the dashboard's overview plots too.
-SCORES = ("clip_score", "nsfw_score", "ocr_conf_mean", "text_area_ratio", "blur", "width", "height")
 BINS = 20  # 20 bins: fine enough to place a threshold at 5% of the range, readable as a bar chart
 
 
@@ -26,7 +24,9 @@ def histogram_sql(column: str, bins: int) -> str:
         FROM v, r GROUP BY bin ORDER BY bin"""
 
 
-def score_histograms(ws: Workspace, scores: tuple[str, ...] = SCORES, bins: int = BINS) -> list[dict]:
+def score_histograms(
+    ws: Workspace, scores: tuple[str, ...] = schema.SCORE_SIGNALS, bins: int = BINS
+) -> list[dict]:
     """One record per score: ``{"score", "count", "edges" (bins + 1 floats), "counts" (bins ints)}``;
     edges and counts are empty when no sample has the score."""
     con = connect_catalog(ws)

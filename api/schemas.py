@@ -1,10 +1,15 @@
-"""Request and response bodies: the OpenAPI contract. Column names follow ``engine/schema.py``."""
+"""Request and response bodies: the OpenAPI contract. Column names follow ``engine/schema.py``:
+the explorer's range filters and card fields are made from ``schema.EXPLORER_SIGNALS``."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from engine import schema
+from engine.catalog import SORT_KEYS
 
 MAX_SQL_CHARS = 100_000  # a generated query with a long IN list stays far below
 
@@ -141,7 +146,9 @@ class JobStatus(BaseModel):
 
 # --- manifests -------------------------------------------------------------------------------
 
-STAGE_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # one path component: a recipe name or a stage folder
+# One path component: a recipe name or a stage folder. Not "-" first, as engine.curation.feedback
+# requires of a stage (a leading "-" reads as an option on a command line).
+STAGE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$"
 MANIFEST_ID_PATTERN = r"^[0-9a-f]{16}$"  # engine.manifest.make_manifest_id
 
 
@@ -190,8 +197,11 @@ MAX_LOSS_ROWS = 100_000  # concepts in one report: the whole concept graph is ~4
 
 class ConceptLoss(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    concept_id: str = Field(
-        pattern=r"^([0-9]{1,18})?$", description='A concept id of the manifest rows; "" for draws without one'
+    concept_id: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,  # an int64 (schema.CONCEPT_LOSS)
+        description="A concept id of the manifest rows; null for draws without one",
     )
     samples: int = Field(ge=0, le=2**31 - 1, description="Draws carrying the concept since the last report")
     # Bounded so the float32 column holds it (a flow-matching loss is a mean squared error: >= 0).
@@ -215,28 +225,26 @@ class FeedbackResult(BaseModel):
 
 # --- samples, thumbnails and concept gaps (the dashboard's explorer and concept pages) ----------
 
-# Signals the explorer filters on by range (catalog ``signals`` columns; null where a stage has not run).
-RANGE_COLUMNS = ("clip_score", "nsfw_score", "text_area_ratio", "blur", "width", "height")
 SAMPLE_ID_PATTERN = r"^[0-9a-f]{32}$"  # engine.ingest.make_sample_id: 16-byte blake2b, hex
-SORT_KEYS = tuple(sorted(["sample_id", *RANGE_COLUMNS, *(f"-{c}" for c in RANGE_COLUMNS)]))
 
 
-class SampleFilter(BaseModel):
+def signal_type(column: str) -> type:
+    """The Python type of a column of the catalog's ``signals`` view: int or float."""
+    return int if pa.types.is_integer(schema.signals_view().field(column).type) else float
+
+
+# ``<signal>_min`` and ``<signal>_max`` for each of schema.EXPLORER_SIGNALS (null where a stage has
+# not run: such a sample matches no bound on that signal).
+SignalRanges = create_model(
+    "SignalRanges",
+    __config__=ConfigDict(extra="forbid", allow_inf_nan=False),
+    **{f"{c}_{bound}": (float | None, None) for c in schema.EXPLORER_SIGNALS for bound in ("min", "max")},
+)
+
+
+class SampleFilter(SignalRanges):
     """Usable samples matching every given condition (``*_min`` <= value <= ``*_max``)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    clip_score_min: float | None = None
-    clip_score_max: float | None = None
-    nsfw_score_min: float | None = None
-    nsfw_score_max: float | None = None
-    text_area_ratio_min: float | None = None
-    text_area_ratio_max: float | None = None
-    blur_min: float | None = None
-    blur_max: float | None = None
-    width_min: float | None = None
-    width_max: float | None = None
-    height_min: float | None = None
-    height_max: float | None = None
     concept: str | None = Field(
         None,
         min_length=1,
@@ -255,19 +263,16 @@ class SampleFilter(BaseModel):
     limit: int = Field(60, ge=1, le=500, description="Samples per page")
 
 
-class SampleCard(BaseModel):
-    """One grid cell: what the explorer shows under a thumbnail."""
-
-    sample_id: str
-    caption: str | None = None
-    clip_score: float | None = None
-    nsfw_score: float | None = None
-    text_area_ratio: float | None = None
-    blur: float | None = None
-    width: int | None = None
-    height: int | None = None
-    has_text: bool | None = None  # null: OCR has not run on it
-    community_id: str | None = None
+# One grid cell: what the explorer shows under a thumbnail (engine.catalog.CARD_SQL's columns).
+SampleCard = create_model(
+    "SampleCard",
+    __doc__="One grid cell: what the explorer shows under a thumbnail.",
+    sample_id=(str, ...),
+    caption=(str | None, None),
+    **{c: (signal_type(c) | None, None) for c in schema.EXPLORER_SIGNALS},
+    has_text=(bool | None, None),  # null: OCR has not run on it
+    community_id=(str | None, None),
+)
 
 
 class SamplePage(BaseModel):

@@ -8,8 +8,8 @@ Run by hand (not a test):
 1. A synthetic workspace of ``--n`` samples (default 100,000) in a temp folder (or ``--workspace``,
    reused when it holds an index already): samples, signals, and embeddings whose vectors are
    random unit float16 vectors carrying the embedded model's model_id (so a text query's model
-   matches the index), the catalog, the image index (``engine.index.build_index``: IVF-PQ from
-   100k vectors), and one lowres manifest (``engine.manifest.build_manifest``).
+   matches the index), the catalog, the image index (``engine.vectors.index.build_index``: IVF-PQ from
+   100k vectors), and one lowres manifest (``engine.curation.manifest.build_manifest``).
 2. ``zcurate serve`` over it in a subprocess on 127.0.0.1, with a read key.
 3. One warm-up request per endpoint (the search loads the embedder; stats are computed once and
    cached until the workspace changes) and, unless ``--unique-queries``, one search per text of

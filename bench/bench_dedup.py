@@ -7,9 +7,9 @@ Run by hand (not a test):
 The data: unit vectors around 2,000 "topics" (two unrelated vectors of one topic have cosine
 ~0.5, the nearest unrelated neighbour ~0.6-0.7: hard negatives, not random noise), of which 5%
 are originals with 1-9 planted copies each at cosine 0.92-0.995 to their original (the range of
-the openclipart edits above the threshold, README "Dedup"). The pipeline is the one
-``engine.dedup.dedup_workspace`` runs, on arrays instead of Parquet: IVF-PQ index
-(``engine.index``, trained on a sample, added in shards) -> k-NN of every vector -> exact
+the openclipart edits above the threshold, docs/engines/vectors.md, "Dedup"). The pipeline is the one
+``engine.vectors.dedup.dedup_workspace`` runs, on arrays instead of Parquet: IVF-PQ index
+(``engine.vectors.index``, trained on a sample, added in shards) -> k-NN of every vector -> exact
 re-score -> proximity graph -> components + Louvain -> representatives.
 
 Reported: wall time per step and in total, peak RSS (resource.getrusage), and pair precision /

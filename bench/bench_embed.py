@@ -11,13 +11,13 @@ workspace), this measures:
 * **bare forward, K processes**: the same forwards split over K forked processes of one torch
   thread each, started together (how Ray's actors use the cores); the faster of the two bare
   rates is the ceiling the ratios divide by.
-* **Ray stage**: ``pipelines.backfill`` machinery (``StageShard`` over ``EmbedStage`` on the
-  ``map_shards`` actor pool, one actor per core, each with one torch thread), which per shard
-  re-reads the records, decodes them as ingest does, preprocesses each image, runs the batched
-  forwards and writes the ``embeddings`` shard. Timed three ways: end to end with Ray start-up,
-  the job alone in a running Ray (as ``zcurate embed`` spends it once Ray is up, model loading in
-  the actors included), and the work span (first shard started -> last shard finished: the
-  steady state, model loading excluded).
+* **Ray stage**: ``pipelines.backfill`` machinery (``pipelines.runner.ShardRunner`` in backfill
+  mode over ``EmbedStage`` on the ``map_shards`` actor pool, one actor per core, each with one
+  torch thread), which per shard re-reads the records, decodes them as ingest does, batches them,
+  preprocesses each image, runs the batched forwards and writes the ``embeddings`` shard. Timed
+  three ways: end to end with Ray start-up, the job alone in a running Ray (as ``zcurate embed``
+  spends it once Ray is up, model loading in the actors included), and the work span (first
+  shard started -> last shard finished: the steady state, model loading excluded).
 
 ``ratio = stage images/s / bare forward images/s``; the issue's target is >= 0.85 on 2 cores
 (the model, not the plumbing, is the limit). The decode and preprocess costs the stage pays on
@@ -48,19 +48,11 @@ from engine.profiling.source import load_source  # noqa: E402
 from engine.vectors.embedder import encode_captions  # noqa: E402
 from engine.vectors.model_specs import load_embedder  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
-from pipelines.backfill import StageShard, pending_shards  # noqa: E402
+from pipelines.backfill import pending_shards  # noqa: E402
 from pipelines.curate import run_curate  # noqa: E402
+from pipelines.runner import ShardRunner  # noqa: E402
 from pipelines.runtime import map_shards, ray_session  # noqa: E402
 from pipelines.stages import EmbedStage  # noqa: E402
-
-
-class TimedStageShard(StageShard):
-    """StageShard that reports when each shard started and finished (wall clock, across actors)."""
-
-    def __call__(self, item: dict) -> dict:
-        started = time.time()
-        result = super().__call__(item)
-        return {**result, "started": started, "finished": time.time()}
 
 
 def git_commit() -> str:
@@ -175,8 +167,8 @@ def ray_stage(ws: Workspace, num_cpus: int, batch: int) -> dict:
     with ray_session(num_cpus):
         ray_up = time.perf_counter()
         items, sources, _ = pending_shards(ws, "embeddings")
-        kwargs = {"ws": ws, "stage": EmbedStage(batch_size=batch), "sources": sources}
-        results, _ = map_shards(items, TimedStageShard, kwargs, desc="embed", progress=False)
+        kwargs = {"ws": ws, "sources": sources, "stages": [EmbedStage(batch_size=batch)], "backfill": True}
+        results, _ = map_shards(items, ShardRunner, kwargs, desc="embed", progress=False)
         job_end = time.perf_counter()
     rows = sum(r["rows"] for r in results)
     span = max(r["finished"] for r in results) - min(r["started"] for r in results)

@@ -4,10 +4,10 @@ Both paths do the same work on the same N records (the first N of openclipart's 
 order) into a fresh temporary workspace each:
 
 * **loop**: ``pipelines.curate.run_curate`` with the Ray part replaced by a ``for`` loop in this
-  process: plan the source, then per shard ``read_shard_rows -> source.read_records ->
-  IngestStage -> ProfileStage``, build the Arrow tables and ``Workspace.write_shard`` them (the
-  body of ``CurateShard.__call__``), then mark cross-shard duplicates, summarise and refresh the
-  catalog. One core, no Ray: the baseline a parallel run has to beat.
+  process: plan the source, then per shard ``pipelines.runner.ShardRunner`` with the profile
+  stage (read -> ingest -> batch -> profile -> ``Workspace.write_shard``: what each Ray actor runs),
+  then mark cross-shard duplicates, summarise and refresh the catalog. One core, no Ray: the
+  baseline a parallel run has to beat.
 * **ray, end to end**: ``run_curate(..., num_cpus=K)`` as the CLI runs it; Ray is started and shut
   down inside the timed region.
 * **ray, excluding start-up**: Ray is started first with ``pipelines.runtime.ray_session`` (so
@@ -15,7 +15,7 @@ order) into a fresh temporary workspace each:
   it reuses the running Ray.
 
 ``ratio = ray images/s / loop images/s``. On K cores a perfect parallel job would reach K; what is
-missing is Ray's overhead (scheduler, Ray Data's executor, worker start-up and imports, object
+missing is Ray's overhead (scheduler, the actor pool, worker start-up and imports, object
 transfers) eating into the parallel speed-up. The target in the issue is ratio >= 1.5 on 2 cores.
 
 The same run checks that the Ray workspace holds N samples with as many ``ok`` rows as the loop's.
@@ -49,7 +49,8 @@ from engine.profiling.ingest import IngestConfig  # noqa: E402
 from engine.profiling.plan import plan_source  # noqa: E402
 from engine.profiling.source import load_source  # noqa: E402
 from engine.workspace import Workspace  # noqa: E402
-from pipelines.curate import CurateShard, mark_duplicate_rows, run_curate, summarize  # noqa: E402
+from pipelines.curate import curate_runner_kwargs, mark_duplicate_rows, run_curate, shard_item, summarize  # noqa: E402
+from pipelines.runner import ShardRunner  # noqa: E402
 from pipelines.runtime import ray_session  # noqa: E402
 
 
@@ -116,9 +117,9 @@ def run_loop(source, ws: Workspace, n: int, shard_size: int) -> dict:
     ws.create()
     plan = plan_source(ws, source, shard_size, limit=n)
     t_plan = time.perf_counter()
-    shard_task = CurateShard(ws, source, plan, IngestConfig())  # what each Ray actor runs
+    shard_task = ShardRunner(**curate_runner_kwargs(ws, source, plan, IngestConfig()))  # as each actor
     for index in range(plan.shard_count):
-        shard_task({"shard": index})
+        shard_task(shard_item(plan, index))
     t_shards = time.perf_counter()
     # Same finalize as run_curate, so a duplicate across shards is counted the same on both paths.
     duplicates = mark_duplicate_rows(ws)

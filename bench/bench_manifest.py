@@ -13,7 +13,7 @@ frequent and most are rare, as in real captions), plus the concept tables for th
 250,000 rows, zstd, as the curate job writes them.
 
 Each implementation runs in its own process (so peak RSS is its own, read from
-``resource.getrusage(RUSAGE_CHILDREN)``): **ours** is ``engine.manifest.build_manifest`` with the
+``resource.getrusage(RUSAGE_CHILDREN)``): **ours** is ``engine.curation.manifest.build_manifest`` with the
 shipped recipe (``--force``: no cached file); **pandas** is a straightforward pandas implementation
 of the same lowres recipe (read the tables, merge on sample_id, filter, rank tilts, MetaCLIP
 balancing through groupby, normalise, write Parquet). The two outputs are compared row by row

@@ -8,7 +8,7 @@ WenQuanYi Micro Hei), sizes (16, 24, 32, 48 px) and backgrounds: white, a colour
 ``--seed`` gives the same images.
 
 Per backend, a plain loop (one process, ``--loop-threads`` inference threads, default all CPUs)
-reads every image through ``engine.ocr.read_image`` and reports:
+reads every image through ``engine.profiling.ocr.read_image`` and reports:
 
 * exact-line accuracy: share of ground-truth lines equal to a row the OCR read (rows as in
   ``ocr_text``: whitespace runs collapsed); also with all whitespace ignored, since PP-OCRv4's
@@ -223,7 +223,8 @@ def ray_vs_loop(
     from pipelines.backfill import run_image_stage
     from pipelines.curate import run_curate
     from pipelines.runtime import ray_session
-    from pipelines.stages import OcrStage, StageItem
+    from pipelines.stages import OcrStage
+    from tests.data import image_batch
 
     folder = os.path.join(work, "pairs")
     os.makedirs(folder)
@@ -238,11 +239,8 @@ def ray_vs_loop(
     stage = OcrStage(OcrConfig(backend=backend, num_threads=loop_threads, cache_dir=cache_dir))
     stage.setup()
     setup_s = time.perf_counter() - t0
-    stage.begin_shard()
-    for i, item in enumerate(items):
-        caption = " / ".join(item["lines"])
-        stage.add(StageItem(f"s{i}", f"i{i}", caption, item["image"].copy()))
-    loop_rows = stage.finish_shard().num_rows
+    pairs = [(f"s{i}", f"i{i}", " / ".join(item["lines"]), item["image"]) for i, item in enumerate(items)]
+    loop_rows = stage(image_batch(pairs)).num_rows
     loop_s = time.perf_counter() - t0
     del stage
 

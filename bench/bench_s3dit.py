@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from engine.s3dit.model import S3DiT, S3DiT_models, convert_diffusers_state_dict
+from engine.s3dit.diffusers_weights import convert_diffusers_state_dict
+from engine.s3dit.model import S3DiT, S3DiT_models
 
 # Dense bf16 peak of the cards we may get (NVIDIA data sheets, SXM parts, no sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

@@ -5,9 +5,9 @@
 
 The explorer's page query joins samples, signals (itself signals + embeddings + safety + OCR) and
 dedup, all DuckDB views over the workspace's Parquet shards, so every request reads them again.
-**ours** is the route's ``api.routes.samples.sample_page``: the page and the filter's total from
+**ours** is the route's ``engine.catalog.sample_page``: the page and the filter's total from
 one query (``count(*) OVER ()`` before LIMIT). **baseline** is what the route did before: a count
-query, then the page query. Both run on the same connection, alternating, for each filter; the
+query, then the page query. Each opens its own connection, alternating, for each filter; the
 answers are compared (same total, same rows). Medians of --repeat runs, in seconds.
 """
 
@@ -22,9 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from api.routes.samples import CARD_SQL, filter_sql, sample_page
+from api.routes.samples import sample_query
 from api.schemas import SampleFilter
-from engine.catalog import connect_catalog
+from engine.catalog import CARD_SQL, connect_catalog, sample_page, sample_where
 from engine.workspace import Workspace
 
 FILTERS = {
@@ -38,14 +38,21 @@ FILTERS = {
 }
 
 
-def baseline_page(con, f: SampleFilter) -> tuple[int, list[dict]]:
+def baseline_page(ws: Workspace, f: SampleFilter) -> tuple[int, list[dict]]:
     """The route before: a count query, then the page query."""
-    where, params = filter_sql(con, f)
+    con = connect_catalog(ws)
+    where, params = sample_where(con, sample_query(f))
     total = con.execute(f"SELECT count(*) FROM ({CARD_SQL}{where})", params).fetchall()[0][0]
     column, descending = f.sort.lstrip("-"), f.sort.startswith("-")
     order = f" ORDER BY {column} {'DESC' if descending else 'ASC'} NULLS LAST, sample_id"
     sql = f"SELECT * FROM ({CARD_SQL}{where}){order} LIMIT ? OFFSET ?"
-    return total, con.sql(sql, params=[*params, f.limit, f.offset]).to_arrow_table().to_pylist()
+    rows = con.sql(sql, params=[*params, f.limit, f.offset]).to_arrow_table().to_pylist()
+    con.close()
+    return total, rows
+
+
+def ours_page(ws: Workspace, f: SampleFilter) -> tuple[int, list[dict]]:
+    return sample_page(ws, sample_query(f))
 
 
 def main() -> None:
@@ -56,7 +63,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    con = connect_catalog(Workspace(args.workspace))
+    ws = Workspace(args.workspace)
+    con = connect_catalog(ws)
     usable = con.execute("SELECT count(*) FROM samples WHERE status = 'ok'").fetchall()[0][0]
     rows = []
     print(f"{usable:,} usable samples in {args.workspace}")
@@ -67,9 +75,9 @@ def main() -> None:
         times = {"baseline": [], "ours": []}
         answers = {}
         for _ in range(args.repeat):
-            for label, fn in (("baseline", baseline_page), ("ours", sample_page)):
+            for label, fn in (("baseline", baseline_page), ("ours", ours_page)):
                 t0 = time.perf_counter()
-                answers[label] = fn(con, f)
+                answers[label] = fn(ws, f)
                 times[label].append(time.perf_counter() - t0)
         if answers["baseline"] != answers["ours"]:
             raise SystemExit(f"{name}: the two answers differ")

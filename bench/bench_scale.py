@@ -16,11 +16,11 @@ What it does, in order (each step resumable; a finished step is read back from t
    (``pipelines.backfill.run_image_stage``), so each gets its own time. ``zcurate curate --stages
    all`` runs them in the same pass as ingest and decodes each image once; here every image step
    decodes again (~5 ms an image), which the per-step numbers include.
-4. **index**    ``engine.index.build_index`` for the image and text vectors (FAISS).
-5. **dedup**    ``engine.dedup.dedup_workspace`` (semantic + perceptual-hash communities).
-6. **tag**      ``engine.tagging.tag_workspace`` with the embedded CLIP model (caption tags, mined
+4. **index**    ``engine.vectors.index.build_index`` for the image and text vectors (FAISS).
+5. **dedup**    ``engine.vectors.dedup.dedup_workspace`` (semantic + perceptual-hash communities).
+6. **tag**      ``engine.graph.tagging.tag_workspace`` with the embedded CLIP model (caption tags, mined
    concepts, CLIP zero-shot tags), then the catalog is refreshed.
-7. **manifest** ``engine.manifest.build_manifest`` with the ``lowres`` recipe, seed 0.
+7. **manifest** ``engine.curation.manifest.build_manifest`` with the ``lowres`` recipe, seed 0.
 
 Every step runs in a child process started by this script; while it runs, a sampler thread reads
 the child's whole process tree (Ray's GCS, raylet and workers included) every second: peak memory
@@ -33,7 +33,7 @@ Run by hand (hours on 2 cores; rerun the same command to resume after a stop)::
 
     nice -n 19 .venv/bin/python bench/bench_scale.py --n 50000 --json bench/results-scale.json
 
-``--extrapolate`` prints the README's extrapolation table from a results file without running.
+``--extrapolate`` prints the extrapolation table of docs/benchmarks.md from a results file without running.
 """
 
 from __future__ import annotations
@@ -335,7 +335,7 @@ def measure_step(step: str, args) -> dict:
 
 # --- extrapolation --------------------------------------------------------------------------------
 
-# Assumptions of the extrapolation table (the README states them next to it).
+# Assumptions of the extrapolation table (docs/benchmarks.md states them next to it).
 NODE_VCPUS = 32  # a cluster node: 32 vCPUs, no GPU
 VCPU_HOUR_USD = 0.05  # assumed on-demand price per vCPU-hour (a round public-cloud figure, not a quote)
 # How each step spreads in today's code: "cluster" = per shard over every core of every node (Ray);

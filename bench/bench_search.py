@@ -9,7 +9,7 @@ vectors moved to cosine ~0.8 (a caption-like query near, not on, its images). Ea
 one ``VectorIndex.search`` call of one vector, k=10, as the API serves it; p50/p99 are over the
 single-query wall times. recall@10 is against the exact (flat) index's answers. Index build
 time is reported too (the IVF-PQ build includes its training; HNSW is built with every thread
-here, unlike ``engine.index``'s single-threaded deterministic build).
+here, unlike ``engine.vectors.index``'s single-threaded deterministic build).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.manifest import print_manifest
-from cli.shared import WorkspaceOption, err, fail, out
+from cli.shared import WorkspaceOption, err, fail, open_workspace, out
 from engine.profiling.ingest import IngestConfig
 from pipelines.curate import DEFAULT_SHARD_SIZE
 
@@ -20,7 +20,7 @@ DEFAULTS = IngestConfig()
 
 DEMO_WORKSPACE = "workspaces/demo"  # relative to the current directory; ignored by git
 
-DEMO_LIMIT = 2000  # openclipart images the demo curates: ~1 minute on 2 cores (README)
+DEMO_LIMIT = 2000  # openclipart images the demo curates: enough for every stage to show something
 
 
 def print_summary(summary) -> None:
@@ -43,7 +43,7 @@ def print_summary(summary) -> None:
             for key, n in values.items():
                 view.add_row(key, str(n))
             out.print(view)
-    if summary.tagging:  # the concept tagging step (engine/tagging.py)
+    if summary.tagging:  # the concept tagging step (engine/graph/tagging.py)
         t = summary.tagging
         sources = ", ".join(f"{k} {v}" for k, v in sorted(t.by_source.items())) or "none"
         out.print(f"tags: {t.tags} ({sources}) on {t.tagged_samples} samples; {len(t.mined)} concepts mined")
@@ -101,15 +101,10 @@ def curate(
     from engine.profiling.source import load_source
     from engine.workspace import Workspace
     from pipelines.curate import run_curate
-    from pipelines.stages import IMAGE_STAGES, build_image_stages
 
     if shard_size < 1 or max_pixels < 1 or max_file_bytes < 1 or max_caption_chars < 1:
         fail("--shard-size, --max-pixels, --max-file-bytes and --max-caption-chars must be positive")
-    names = [n.strip() for n in stages.split(",") if n.strip() and n.strip() != "profile"]
-    try:
-        image_stages = build_image_stages(list(IMAGE_STAGES) if names == ["all"] else names)
-    except ValueError as e:
-        fail(f"--stages: {e}")
+    image_stages = stages_option(stages)
     try:
         src = load_source(source, kind, max_file_bytes, image_column, caption_column)
         config = IngestConfig(
@@ -128,14 +123,30 @@ def curate(
         fail(str(e))
     print_summary(summary)
     if summary.failed_shards:  # every other shard is written; exit 1 so scripts and `ray job` see it
-        for shard_id, error in sorted(summary.failed_shards.items()):
-            err.print(f"[bold red]failed:[/] {shard_id}: {error}", highlight=False)
-        err.print(
-            f"{len(summary.failed_shards)} shards failed (records in {summary.workspace}/_failed/); "
-            "run the same command again to retry only them",
-            highlight=False,
-        )
+        print_failures(summary)
         raise typer.Exit(1)
+
+
+def stages_option(stages: str) -> list:
+    """``--stages``: the image stages named (``all``: every one; ``profile`` alone: none)."""
+    from pipelines.stages import IMAGE_STAGES, build_image_stages
+
+    names = [n.strip() for n in stages.split(",") if n.strip() and n.strip() != "profile"]
+    try:
+        return build_image_stages(list(IMAGE_STAGES) if names == ["all"] else names)
+    except ValueError as e:
+        fail(f"--stages: {e}")
+
+
+def print_failures(summary) -> None:
+    """The shards that failed every attempt, one line each, and what to do about them."""
+    for shard_id, error in sorted(summary.failed_shards.items()):
+        err.print(f"[bold red]failed:[/] {shard_id}: {error}", highlight=False)
+    err.print(
+        f"{len(summary.failed_shards)} shards failed (records in {summary.workspace}/_failed/); "
+        "run the same command again to retry only them",
+        highlight=False,
+    )
 
 
 @app.command(epilog="Example: zcurate demo --limit 500")
@@ -210,14 +221,10 @@ def ocr(
     Models: ZCURATE_OCR_* variables or the options; nothing is downloaded.
     """
     from engine.profiling.ocr_models import OcrConfig, OcrModelError
-    from engine.workspace import Workspace
     from pipelines.backfill import run_image_stage
     from pipelines.stages import OcrStage
 
-    ws = Workspace(workspace)
-    if not ws.exists("samples"):
-        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
-    try:
+    try:  # a bad option is reported before the workspace is looked at
         config = OcrConfig.from_env(
             backend=ocr_backend,
             det_model_dir=ocr_det_model_dir,
@@ -227,7 +234,7 @@ def ocr(
         stage = OcrStage(config)
     except (OcrModelError, ValueError) as e:
         fail(str(e))
-    summary = run_image_stage(ws, stage, num_cpus=num_cpus)
+    summary = run_image_stage(open_workspace(workspace), stage, num_cpus=num_cpus)
     out.print(
         f"ocr ({config.backend}): {summary.shards_run} of {summary.shards_total} shards run, "
         f"{summary.rows} rows written in {summary.seconds:.1f} s"
@@ -237,13 +244,9 @@ def ocr(
 
 def run_stage_command(stage, workspace: str, num_cpus: int | None) -> None:
     """Run one image stage over the shards of ``workspace`` that lack its table, and summarise."""
-    from engine.workspace import Workspace
     from pipelines.backfill import run_image_stage
 
-    ws = Workspace(workspace)
-    if not ws.exists("samples"):
-        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
-    summary = run_image_stage(ws, stage, num_cpus=num_cpus)
+    summary = run_image_stage(open_workspace(workspace), stage, num_cpus=num_cpus)
     out.print(
         f"{summary.stage}: {summary.shards_run} of {summary.shards_total} shards filled, "
         f"{summary.rows} rows in {summary.table}/ ({summary.changed} skipped: source changed) "

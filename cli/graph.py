@@ -10,7 +10,7 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from cli.shared import OutputFormat, WorkspaceOption, fail, out, print_table, write_result
+from cli.shared import OutputFormat, WorkspaceOption, fail, open_workspace, out, print_table, write_result
 
 app = typer.Typer()
 
@@ -20,15 +20,6 @@ graph_app = typer.Typer(
     no_args_is_help=True,
     epilog="Example: zcurate graph show lorikeet.n.01 --workspace ./ws",
 )
-
-
-def graph_workspace(workspace: str):
-    from engine.workspace import Workspace
-
-    ws = Workspace(workspace)
-    if not ws.list_shards("concepts"):
-        fail(f"{workspace} has no concept graph yet: run 'zcurate tag --workspace {workspace}' first")
-    return ws
 
 
 @app.command(epilog="Example: zcurate tag --workspace ./ws")
@@ -52,11 +43,8 @@ def tag(
     """
     from engine.catalog import refresh_catalog
     from engine.graph.tagging import TagConfig, tag_workspace
-    from engine.workspace import Workspace
 
-    ws = Workspace(workspace)
-    if not ws.list_shards("samples"):
-        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    ws = open_workspace(workspace)
     if min_mined < 1:
         fail("--min-mined must be positive")
     summary = tag_workspace(ws, config=TagConfig(min_mined_samples=min_mined, clip=clip, embedder=embedder))
@@ -113,7 +101,7 @@ def graph_build(
         return
     from engine.catalog import refresh_catalog
 
-    ws = graph_workspace(workspace)
+    ws = open_workspace(workspace, needs="concepts")
     n = write_workspace_graph(ws, load_workspace_graph(ws), GraphConfig())
     refresh_catalog(ws)
     out.print(f"wrote {n} concepts to {workspace} in {time.perf_counter() - started:.1f} s")
@@ -130,7 +118,7 @@ def graph_show(
     """A concept's neighbourhood: parents, children, siblings, parts, with sample counts."""
     from engine.graph.concept_queries import concept_neighbourhood
 
-    ws = graph_workspace(workspace)
+    ws = open_workspace(workspace, needs="concepts")
     try:
         result = concept_neighbourhood(ws, concept)
     except ValueError as e:
@@ -159,7 +147,7 @@ def graph_samples(
     """Samples tagged with a concept or anything below it (a lorikeet counts for bird.n.01)."""
     from engine.graph.concept_queries import subtree_samples
 
-    ws = graph_workspace(workspace)
+    ws = open_workspace(workspace, needs="concepts")
     try:
         table = subtree_samples(ws, concept, limit=limit)
     except ValueError as e:
@@ -183,7 +171,7 @@ def graph_gaps(
     """The most over- and under-represented concepts relative to a target prior."""
     from engine.graph.concept_queries import representation_gaps
 
-    ws = graph_workspace(workspace)
+    ws = open_workspace(workspace, needs="concepts")
     weights = None
     if prior is not None:
         try:

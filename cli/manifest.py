@@ -11,7 +11,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import typer
 
-from cli.shared import OutputFormat, WorkspaceOption, err, fail, out, print_table, write_result
+from cli.shared import (
+    OutputFormat,
+    WorkspaceOption,
+    err,
+    fail,
+    open_workspace,
+    out,
+    print_table,
+    write_result,
+)
 
 manifest_app = typer.Typer(
     help="Stage manifests: what a trainer samples, in which stage, how often "
@@ -96,7 +105,6 @@ def manifest(
         return
     from engine.curation.manifest import ManifestError, build_manifest
     from engine.curation.recipe import RecipeError, load_recipe, parse_override
-    from engine.workspace import Workspace
 
     if workspace is None:
         fail("--workspace is required")
@@ -105,19 +113,13 @@ def manifest(
     try:
         overrides = dict(parse_override(item) for item in set_ or [])
         chosen = load_recipe(str(recipe) if recipe else stage, overrides)
-        result = build_manifest(Workspace(workspace), chosen, seed=seed, size=size, force=force)
+        result = build_manifest(
+            open_workspace(workspace, needs=None), chosen, seed=seed, size=size, force=force
+        )
     except (RecipeError, ManifestError) as e:
         fail(str(e))
     print_manifest(result.sidecar)
     out.print(f"\n{'found' if result.cached else 'wrote'} {result.path}")
-
-
-def manifest_workspace(workspace: str | None):
-    from engine.workspace import Workspace
-
-    if workspace is None:
-        fail("--workspace is required")
-    return Workspace(workspace)
 
 
 @manifest_app.command("show", epilog="Example: zcurate manifest show 3f2a9c --workspace ./ws --rows 5")
@@ -133,7 +135,7 @@ def manifest_show(
     from engine.curation.manifest import ManifestError
     from engine.curation.manifest_store import find_manifest
 
-    ws = manifest_workspace(workspace)
+    ws = open_workspace(workspace, needs=None)
     try:
         path, sidecar = find_manifest(ws, manifest_id)
     except ManifestError as e:
@@ -158,7 +160,9 @@ def manifest_list(
     from engine.curation.manifest_store import list_manifests
 
     print_table(
-        pa.Table.from_pylist(list_manifests(manifest_workspace(workspace), stage) or [{"manifest_id": None}])
+        pa.Table.from_pylist(
+            list_manifests(open_workspace(workspace, needs=None), stage) or [{"manifest_id": None}]
+        )
     )
 
 
@@ -176,7 +180,7 @@ def manifest_diff(
     from engine.curation.manifest_store import diff_manifests
 
     try:
-        result = diff_manifests(manifest_workspace(workspace), a, b)
+        result = diff_manifests(open_workspace(workspace, needs=None), a, b)
     except ManifestError as e:
         fail(str(e))
     if format == OutputFormat.json:
@@ -230,7 +234,7 @@ def manifest_gaps(
         fail("give exactly one of --concept or --text")
     if k < 1:
         fail("-k must be positive")
-    ws = manifest_workspace(workspace)
+    ws = open_workspace(workspace, needs=None)
     try:
         path, sidecar = find_manifest(ws, manifest_id)
         exclude = pq.read_table(path, columns=["sample_id"], filesystem=ws.fs)["sample_id"]

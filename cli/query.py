@@ -11,7 +11,7 @@ import pyarrow as pa
 import typer
 from rich.table import Table
 
-from cli.shared import OutputFormat, WorkspaceOption, fail, out, print_table, write_result
+from cli.shared import OutputFormat, WorkspaceOption, fail, open_workspace, out, print_table, write_result
 from engine import schema
 
 app = typer.Typer()
@@ -59,10 +59,9 @@ def sql(
     import duckdb
 
     from engine.catalog import run_sql
-    from engine.workspace import Workspace
 
-    ws = Workspace(workspace)
-    if not ws.exists("samples") and not ws.exists("catalog.duckdb"):
+    ws = open_workspace(workspace, needs=None)
+    if not ws.exists("samples") and not ws.exists(ws.catalog_file):  # a catalog alone will do
         fail(f"{workspace} is not a workspace yet: run 'zcurate curate SOURCE --workspace {workspace}' first")
     try:
         table = run_sql(ws, query)
@@ -84,12 +83,8 @@ def stats(
     csv and parquet give one row per number: section, item, metric, value.
     """
     from engine.catalog import dataset_stats
-    from engine.workspace import Workspace
 
-    ws = Workspace(workspace)
-    if not ws.exists("samples"):
-        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
-    result = dataset_stats(ws)
+    result = dataset_stats(open_workspace(workspace))
     if format is OutputFormat.json:
         text = json.dumps(result, default=str, indent=1) + "\n"
         if output is None:

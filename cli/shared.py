@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from engine.workspace import Workspace
+
 out = Console(soft_wrap=True)
 
 err = Console(stderr=True, soft_wrap=True)
@@ -29,6 +31,27 @@ WorkspaceOption = Annotated[
         help="Workspace directory or pyarrow filesystem URI (env ZCURATE_WORKSPACE).",
     ),
 ]
+
+
+# What a command may need in a workspace: the table that shows it is there, how the error names
+# it, and the command that makes it.
+NEEDS = {
+    "samples": ("samples", "zcurate curate SOURCE --workspace {workspace}"),
+    "embeddings": ("embeddings", "zcurate embed --workspace {workspace}"),
+    "concepts": ("concept graph yet", "zcurate tag --workspace {workspace}"),
+}
+
+
+def open_workspace(workspace: str | None, needs: str | None = "samples") -> Workspace:
+    """The workspace a command works on, after checking it holds the table the command ``needs``
+    (a key of ``NEEDS``); otherwise one line saying which command to run first, and exit 2."""
+    if workspace is None:
+        fail("--workspace is required")
+    ws = Workspace(workspace)
+    if needs is not None and not ws.list_shards(needs):
+        what, how = NEEDS[needs]
+        fail(f"{workspace} has no {what}: run '{how.format(workspace=workspace)}' first")
+    return ws
 
 
 class OutputFormat(StrEnum):

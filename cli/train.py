@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli.shared import WorkspaceOption, fail, out
+from engine.s3dit.train_config import TrainConfig
+from engine.workspace import Workspace
 
 app = typer.Typer()
 
 
-def _stage_manifests(ws_root: str, stages: list[str], given: list[str]) -> dict[str, str]:
+def _stage_manifests(ws: Workspace, stages: list[str], given: list[str]) -> dict[str, str]:
     """stage -> manifest: 'stage=PATH' pairs, a bare PATH for a single stage, else the workspace's
     manifests/<stage> folder (a PATH may be a folder too: its newest manifest, followed)."""
     manifests: dict[str, str] = {}
@@ -27,7 +33,7 @@ def _stage_manifests(ws_root: str, stages: list[str], given: list[str]) -> dict[
         manifests[stage] = path
     for stage in stages:
         if stage not in manifests:
-            folder = Path(ws_root) / "manifests" / stage
+            folder = Path(ws.path(ws.manifests, stage))
             if not any(folder.glob("*.parquet")):
                 fail(
                     f"no manifest for stage {stage!r}: pass --manifest {stage}=PATH or build one in {folder}"
@@ -36,10 +42,74 @@ def _stage_manifests(ws_root: str, stages: list[str], given: list[str]) -> dict[
     return manifests
 
 
+# TrainConfig's fields that the command takes in a form of its own (above and below); every other
+# field is an option of the same name, type and default, with the help text of its field.
+OWN_FORMS = ("workspace", "stages", "manifests")
+
+
+def config_options(config: type, skip: tuple[str, ...]) -> list[inspect.Parameter]:
+    """One keyword-only typer option per field of the dataclass ``config`` (but ``skip``): the
+    field's name (``batch_size`` -> ``--batch-size``), type and default, and ``metadata["help"]``."""
+    hints = typing.get_type_hints(config)
+    return [
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=f.default,
+            annotation=Annotated[hints[f.name], typer.Option(help=f.metadata.get("help", ""))],
+        )
+        for f in dataclasses.fields(config)
+        if f.name not in skip
+    ]
+
+
+def with_options(options: list[inspect.Parameter]) -> Callable:
+    """Decorate a command whose ``**`` parameter takes ``options``: typer sees the command's own
+    parameters followed by ``options``, and passes those by name."""
+
+    def decorate(command: Callable) -> Callable:
+        own = inspect.signature(command, eval_str=True).parameters.values()
+        params = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD] + options
+        command.__signature__ = inspect.Signature(params, return_annotation=None)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+def check_options(options: dict) -> None:
+    """The one-line errors for option values TrainConfig cannot train with."""
+    from engine.s3dit.model import S3DiT_models
+
+    if options["preset"] not in S3DiT_models:
+        fail(f"unknown preset {options['preset']!r}; choose one of {', '.join(S3DiT_models)}")
+    if options["schedule"] not in ("cosine", "constant") or options["log"] not in ("csv", "tensorboard"):
+        fail("--schedule is cosine or constant; --log is csv or tensorboard")
+    positive = ("steps", "batch_size", "feedback_every", "checkpoint_every")
+    if min(options[k] for k in positive) < 1 or options["warmup"] < 0 or options["lr"] <= 0:
+        fail("--steps, --batch-size, --feedback-every, --checkpoint-every and --lr must be positive")
+
+
+def print_summary(summary: dict, feedback_dir: str) -> None:
+    """What a finished (or stopped) run did, a few lines."""
+    for stage, losses in summary["losses"].items():
+        tail = losses[-min(len(losses), 50) :]
+        out.print(
+            f"{stage}: {len(losses)} steps, loss {losses[0]:.4f} -> {sum(tail) / len(tail):.4f} (last 50)"
+        )
+    if summary["skipped"]:
+        out.print(f"skipped {len(summary['skipped'])} draws whose image could not be read")
+    out.print(f"checkpoint: {summary['checkpoint']}")
+    out.print(f"feedback:   {len(summary['feedback'])} reports in {feedback_dir}")
+    for path in summary["refreshed"]:
+        out.print(f"followed a newer manifest: {path}")
+
+
 @app.command(
     epilog="Example: zcurate train --workspace ./ws --stages lowres --manifest lowres.parquet "
     "--preset S3DiT-T/4 --steps 300 --batch-size 16"
 )
+@with_options(config_options(TrainConfig, OWN_FORMS))
 def train(
     workspace: WorkspaceOption,
     stages: Annotated[str, typer.Option(help="Stages in training order, comma-separated.")] = "lowres",
@@ -50,29 +120,7 @@ def train(
             "Default: the newest in WS/manifests/STAGE."
         ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="Model preset (S3DiT-T/4 ... S3DiT-6B/2).")] = "S3DiT-XS/2",
-    steps: Annotated[int, typer.Option(help="Optimizer steps per stage.")] = 1000,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 3e-4,
-    schedule: Annotated[str, typer.Option(help="cosine or constant (after warm-up).")] = "cosine",
-    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling order, noise and timesteps.")] = 0,
-    epoch_size: Annotated[int | None, typer.Option(help="Draws per epoch (default: every row).")] = None,
-    repeat_cap: Annotated[int | None, typer.Option(help="Most draws of one row per stage.")] = None,
-    text_encoder: Annotated[
-        str | None, typer.Option(help="Local HF model folder (default: the embedded MiniLM-L6).")
-    ] = None,
-    text_layer: Annotated[
-        int | None, typer.Option(help="Hidden-state index (default -1 MiniLM, -2 other).")
-    ] = None,
-    vae: Annotated[
-        str | None, typer.Option(help="Local diffusers AutoencoderKL folder (default: pixels).")
-    ] = None,
-    feedback_every: Annotated[int, typer.Option(help="Steps between per-concept loss reports.")] = 100,
-    checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = 500,
-    log: Annotated[str, typer.Option(help="csv or tensorboard.")] = "csv",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
-    run_name: Annotated[str, typer.Option(help="Run folder: WS/train/RUN_NAME.")] = "s3dit",
+    **options,  # TrainConfig's other fields by name (with_options lists each one for typer)
 ) -> None:
     """Train the bundled S3-DiT on the workspace's stage manifests, stage after stage.
 
@@ -80,60 +128,23 @@ def train(
     per-concept loss reports to WS/feedback/STAGE/STEP.parquet. Run the same command again to
     resume a stopped run exactly.
     """
-    from engine.s3dit.data import ManifestError
-    from engine.s3dit.model import S3DiT_models
-    from engine.s3dit.train import TrainConfig, main
-    from engine.workspace import Workspace
+    from engine.curation.manifest import ManifestError
+    from engine.s3dit.train import main
 
     stage_list = [s.strip() for s in stages.split(",") if s.strip()]
     if not stage_list:
         fail("--stages names no stage")
-    if preset not in S3DiT_models:
-        fail(f"unknown preset {preset!r}; choose one of {', '.join(S3DiT_models)}")
-    if schedule not in ("cosine", "constant") or log not in ("csv", "tensorboard"):
-        fail("--schedule is cosine or constant; --log is csv or tensorboard")
-    if min(steps, batch_size, feedback_every, checkpoint_every) < 1 or warmup < 0 or lr <= 0:
-        fail("--steps, --batch-size, --feedback-every, --checkpoint-every and --lr must be positive")
+    check_options(options)
     ws = Workspace(workspace)
     if not ws.is_local:
         fail("training writes checkpoints with torch.save: use a local workspace directory")
-    cfg = TrainConfig(
-        workspace=ws.root,
-        stages=stage_list,
-        manifests=_stage_manifests(ws.root, stage_list, manifest or []),
-        preset=preset,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        schedule=schedule,
-        warmup=warmup,
-        seed=seed,
-        epoch_size=epoch_size,
-        repeat_cap=repeat_cap,
-        text_encoder=text_encoder,
-        text_layer=text_layer,
-        vae=vae,
-        feedback_every=feedback_every,
-        checkpoint_every=checkpoint_every,
-        log=log,
-        device=device,
-        run_name=run_name,
-    )
+    manifests = _stage_manifests(ws, stage_list, manifest or [])
+    cfg = TrainConfig(workspace=ws.root, stages=stage_list, manifests=manifests, **options)
     try:
         summary = main(cfg)
     except (ManifestError, ValueError, OSError) as e:
         fail(str(e).splitlines()[0])
-    for stage, losses in summary["losses"].items():
-        tail = losses[-min(len(losses), 50) :]
-        out.print(
-            f"{stage}: {len(losses)} steps, loss {losses[0]:.4f} -> {sum(tail) / len(tail):.4f} (last 50)"
-        )
-    if summary["skipped"]:
-        out.print(f"skipped {len(summary['skipped'])} draws whose image could not be read")
-    out.print(f"checkpoint: {summary['checkpoint']}")
-    out.print(f"feedback:   {len(summary['feedback'])} reports in {ws.path('feedback')}")
-    for path in summary["refreshed"]:
-        out.print(f"followed a newer manifest: {path}")
+    print_summary(summary, ws.path(ws.feedback))
 
 
 @app.command(
@@ -155,7 +166,8 @@ def sample(
 ) -> None:
     """Generate images from a trained checkpoint: one grid row per prompt."""
     from engine.s3dit.data import to_image
-    from engine.s3dit.train import load_for_sampling, pick_device, sample_images
+    from engine.s3dit.sample import load_for_sampling, sample_images
+    from engine.s3dit.train import pick_device
 
     if not checkpoint.is_file():
         fail(f"checkpoint {checkpoint} does not exist")

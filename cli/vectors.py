@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from cli.shared import OutputFormat, WorkspaceOption, fail, out, write_result
+from cli.shared import OutputFormat, WorkspaceOption, fail, open_workspace, out, write_result
 
 app = typer.Typer()
 
@@ -73,11 +73,8 @@ def index_cmd(
     Written to WS/index/: <modality>.faiss, its id map and a JSON with the model id and params.
     """
     from engine.vectors.index import IndexConfig, VectorIndexError, build_index
-    from engine.workspace import Workspace
 
-    ws = Workspace(workspace)
-    if not ws.list_shards("embeddings"):
-        fail(f"{workspace} has no embeddings: run 'zcurate embed --workspace {workspace}' first")
+    ws = open_workspace(workspace, needs="embeddings")
     config = IndexConfig(
         kind=kind, exact_max=exact_max, nlist=nlist, pq_m=pq_m, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed
     )
@@ -178,11 +175,8 @@ def dedup(
     from engine.catalog import refresh_catalog
     from engine.vectors.dedup import DedupConfig, dedup_workspace
     from engine.vectors.index import VectorIndexError
-    from engine.workspace import Workspace
 
-    ws = Workspace(workspace)
-    if not ws.list_shards("signals"):
-        fail(f"{workspace} has no samples: run 'zcurate curate SOURCE --workspace {workspace}' first")
+    ws = open_workspace(workspace)
     if not -1 <= threshold <= 1 or method not in ("louvain", "leiden") or k < 1:
         fail("--threshold must be in [-1, 1], --method louvain or leiden, -k positive")
     config = DedupConfig(threshold=threshold, phash_distance=phash_distance, k=k, method=method, seed=seed)

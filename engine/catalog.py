@@ -8,24 +8,32 @@ clip_score, ...) joined in by sample_id, null where a stage has not run. Derived
 * ``sample_signals``: usable samples joined with their signals;
 * ``reject_reasons``: rejected samples counted by reason;
 * ``image_duplicates``: images that come with more than one usable caption (exact duplicates);
-* ``near_duplicates``: communities of table ``dedup`` (engine/dedup.py) with more than one sample;
+* ``near_duplicates``: communities of table ``dedup`` (engine/vectors/dedup.py) with more than one
+  sample;
 * ``zcurate_catalog``: the workspace root the views were made for; a reader that finds another
   root (the workspace was moved or copied) rebuilds the catalog.
 
 The file is rebuilt atomically (new file, then rename), so ``duckdb WS/catalog.duckdb``,
 ``zcurate sql`` and the API always open a complete catalog. Workspaces on object storage get
 the same views in an in-memory database (DuckDB then needs its httpfs extension).
+
+Queries over the views: ``run_sql`` (any one statement), ``dataset_stats`` (`zcurate stats`,
+GET /v1/stats), and the dashboard explorer's ``sample_page`` (a ``SampleQuery``), ``sample_detail``
+and ``communities``. It writes only the catalog file; concept questions are in
+``engine.graph.concept_queries``.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
 
 from engine import schema
+from engine.graph.concept_queries import resolve_concept
 from engine.workspace import Workspace
 
 DERIVED_VIEWS = {
@@ -45,7 +53,7 @@ DERIVED_VIEWS = {
         SELECT community_id, count(*) AS n_samples, list(sample_id ORDER BY sample_id) AS sample_ids,
                max(nearest_sim) AS max_sim
         FROM dedup GROUP BY community_id HAVING count(*) > 1""",
-    # --- concept graph (engine/graph.py, engine/tagging.py) ---
+    # --- concept graph (engine/graph/concept_graph.py, engine/graph/tagging.py) ---
     # Samples per concept: tagged directly (any source, and per source) and rolled up the is_a
     # hierarchy (a lorikeet sample counts for parrot, bird, animal...), with the BM25 idf of the
     # rolled-up count over the usable samples.
@@ -188,22 +196,6 @@ def run_sql(ws: Workspace, sql: str, parameters: list | None = None) -> pa.Table
         con.close()
 
 
-# Numeric signals summarised by `zcurate stats`.
-STAT_SIGNALS = (
-    "width",
-    "height",
-    "file_bytes",
-    "compression_ratio",
-    "border_variance",
-    "jpeg_bpp",
-    "blur",
-    "colourfulness",
-    "entropy",
-    "caption_chars",
-    "caption_words",
-)
-
-
 def dataset_stats(ws: Workspace) -> dict:
     """Counts by status, source and reason, warning counts, languages and signal quantiles."""
     con = connect_catalog(ws)
@@ -234,7 +226,7 @@ def dataset_stats(ws: Workspace) -> dict:
             "ORDER BY n DESC, caption_lang LIMIT 10"
         )
         quantiles = []
-        for column in STAT_SIGNALS:
+        for column in schema.STAT_SIGNALS:
             q = rows(
                 f"SELECT min({column}) AS min, quantile_cont({column}, 0.5) AS p50, "
                 f"quantile_cont({column}, 0.95) AS p95, max({column}) AS max FROM signals"
@@ -254,3 +246,149 @@ def dataset_stats(ws: Workspace) -> dict:
         "signals": quantiles,
         "image_duplicates": duplicates,
     }
+
+
+# --- the dashboard's explorer: a filtered page of usable samples, one sample, the communities -------
+
+# A card: what the explorer shows of a sample (schema.EXPLORER_SIGNALS with the caption, whether OCR
+# found text, null when OCR has not run, and its near-duplicate community).
+CARD_SQL = f"""
+    SELECT s.sample_id, s.caption, {", ".join(f"g.{c}" for c in schema.EXPLORER_SIGNALS)},
+        g.ocr_text <> '' AS has_text, d.community_id
+    FROM samples s JOIN signals g USING (sample_id) LEFT JOIN dedup d USING (sample_id)"""
+# Sort keys of a page: sample_id or a column of schema.EXPLORER_SIGNALS, "-" first for descending.
+SORT_KEYS = tuple(
+    sorted(["sample_id", *schema.EXPLORER_SIGNALS, *(f"-{c}" for c in schema.EXPLORER_SIGNALS)])
+)
+
+
+@dataclass
+class SampleQuery:
+    """Usable samples matching every given condition (None: no condition), and which page of them."""
+
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # column -> (min, max)
+    concept: str | int | None = None  # tagged with it or a concept below it (id or synset name)
+    has_text: bool | None = None  # OCR found text (True) or found none (False); OCR not run: neither
+    community: str | None = None  # in this near-duplicate community (its representative's sample_id)
+    near_duplicate: bool | None = None  # in a near-duplicate community of two or more
+    caption: str | None = None  # the caption contains it (any case)
+    sort: str = "sample_id"  # one of SORT_KEYS
+    offset: int = 0
+    limit: int = 60
+
+
+def sample_where(con: duckdb.DuckDBPyConnection, q: SampleQuery) -> tuple[str, list]:
+    """(WHERE clause, parameters) over ``CARD_SQL``'s aliases for the query's conditions.
+
+    Raises:
+        ValueError: a range column outside ``schema.EXPLORER_SIGNALS``.
+        engine.graph.concept_queries.ConceptNotFound: the query's concept is not in the graph.
+    """
+    where, params = ["s.status = 'ok'"], []
+    for column, bounds in q.ranges.items():
+        if column not in schema.EXPLORER_SIGNALS:  # the one name pasted into the SQL: a fixed list
+            raise ValueError(
+                f"no range filter on {column!r}: use one of {', '.join(schema.EXPLORER_SIGNALS)}"
+            )
+        for value, op in zip(bounds, (">=", "<="), strict=True):
+            if value is not None:
+                where.append(f"g.{column} {op} ?")
+                params.append(value)
+    if q.concept is not None:
+        where.append(
+            "s.sample_id IN (SELECT t.sample_id FROM tags t JOIN concept_ancestors a USING (concept_id) "
+            "WHERE a.ancestor_id = ?)"
+        )
+        params.append(resolve_concept(con, q.concept))
+    if q.has_text is not None:
+        where.append("g.ocr_text <> ''" if q.has_text else "g.ocr_text = ''")  # null: OCR not run, neither
+    if q.community is not None:
+        where.append("d.community_id = ?")
+        params.append(q.community)
+    if q.near_duplicate is not None:
+        inside = "s.sample_id IN (SELECT unnest(sample_ids) FROM near_duplicates)"
+        where.append(inside if q.near_duplicate else f"NOT ({inside})")
+    if q.caption is not None:
+        where.append("contains(lower(s.caption), lower(?))")
+        params.append(q.caption)
+    return " WHERE " + " AND ".join(where), params
+
+
+def sample_page(ws: Workspace, q: SampleQuery) -> tuple[int, list[dict]]:
+    """(how many usable samples match, the requested page of their cards): ``CARD_SQL`` rows.
+
+    One pass over the joined Parquet views: a window counts the matches before LIMIT, so there is
+    no second query for the total (but for a page past the end, which has no row to carry it).
+
+    Raises:
+        ValueError: a sort key or range column outside the explorer's list.
+        engine.graph.concept_queries.ConceptNotFound: the query's concept is not in the graph.
+    """
+    if q.sort not in SORT_KEYS:
+        raise ValueError(f"cannot sort by {q.sort!r}: use one of {', '.join(SORT_KEYS)}")
+    column, descending = q.sort.lstrip("-"), q.sort.startswith("-")
+    order = f" ORDER BY {column} {'DESC' if descending else 'ASC'} NULLS LAST, sample_id"
+    con = connect_catalog(ws)
+    try:
+        where, params = sample_where(con, q)
+        sql = f"SELECT *, count(*) OVER () AS _total FROM ({CARD_SQL}{where}){order} LIMIT ? OFFSET ?"
+        rows = con.sql(sql, params=[*params, q.limit, q.offset]).to_arrow_table().to_pylist()
+        if not rows:
+            return con.execute(f"SELECT count(*) FROM ({CARD_SQL}{where})", params).fetchall()[0][0], []
+    finally:
+        con.close()
+    return rows[0]["_total"], [{k: v for k, v in row.items() if k != "_total"} for row in rows]
+
+
+def sample_detail(ws: Workspace, sample_id: str) -> dict | None:
+    """One sample in full, or None when there is no such sample.
+
+    Returns ``{"sample": its samples row, "signals": its signals row without ocr_lines (or None),
+    "dedup": its dedup row plus community_size (or None), "tags": [concept_id, synset, source,
+    score, span], best score first}``.
+    """
+    con = connect_catalog(ws)
+    try:
+
+        def rows(sql: str) -> list[dict]:
+            return con.sql(sql, params=[sample_id]).to_arrow_table().to_pylist()
+
+        sample = rows("SELECT * FROM samples WHERE sample_id = ?")
+        if not sample:
+            return None
+        # ocr_lines (boxes of every line) stay out: the text is in ocr_text, and a poster has hundreds
+        signals = rows("SELECT * EXCLUDE (ocr_lines) FROM signals WHERE sample_id = ?")
+        dedup = rows(
+            "SELECT d.*, (SELECT count(*) FROM dedup c WHERE c.community_id = d.community_id) "
+            "AS community_size FROM dedup d WHERE sample_id = ?"
+        )
+        tags = rows(
+            "SELECT t.concept_id, c.synset, t.source, t.score, t.span FROM tags t JOIN concepts c "
+            "USING (concept_id) WHERE t.sample_id = ? ORDER BY t.score DESC, c.synset, t.source"
+        )
+    finally:
+        con.close()
+    return {
+        "sample": sample[0],
+        "signals": signals[0] if signals else None,
+        "dedup": dedup[0] if dedup else None,
+        "tags": tags,
+    }
+
+
+def communities(ws: Workspace, limit: int = 20) -> dict:
+    """Near-duplicate communities of two or more samples: ``{"communities": how many, "samples": in
+    them, "largest": [community_id, n_samples, max_sim], the ``limit`` largest first}``."""
+    con = connect_catalog(ws)
+    try:
+        n, samples = con.execute(
+            "SELECT count(*), coalesce(sum(n_samples), 0) FROM near_duplicates"
+        ).fetchall()[0]
+        largest = con.sql(
+            "SELECT community_id, n_samples, max_sim FROM near_duplicates "
+            "ORDER BY n_samples DESC, community_id LIMIT ?",
+            params=[limit],
+        ).to_arrow_table()
+    finally:
+        con.close()
+    return {"communities": n, "samples": samples, "largest": largest.to_pylist()}

@@ -46,7 +46,7 @@ WARNINGS = {
 
 SAMPLES = pa.schema(
     [
-        ("sample_id", pa.string()),  # hash(image bytes, caption); see engine.ingest.make_sample_id
+        ("sample_id", pa.string()),  # hash(image bytes, caption); see engine.profiling.ingest.make_sample_id
         ("image_id", pa.string()),  # hash(image bytes); null when there were no bytes to read
         ("source", pa.string()),  # the source as given (path or URI)
         ("source_kind", pa.string()),  # folder | table | webdataset | openclipart
@@ -77,6 +77,27 @@ PLAN_ROW = pa.schema(
 )
 PLAN_FILE = pa.schema([("shard", pa.int32()), *PLAN_ROW])  # the saved plan: plan rows + their shard
 
+# --- image batches: what the curate job hands each stage (pipelines/stages.py) --------------------
+# One row per usable sample. The decoded image (RGB, EXIF-oriented, as ingest decoded it) is in
+# ``pixels`` as raw bytes, row-major height x width x 3; the column is dictionary-encoded, so the
+# samples that share an image (one image with several captions) share one entry: each distinct
+# image is held, and worked on, once (engine.profiling.image_batch).
+
+IMAGE_BATCH = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_id", pa.string()),
+        ("caption", pa.string()),
+        ("width", pa.int32()),  # of the decoded image, as displayed
+        ("height", pa.int32()),
+        ("pixels", pa.dictionary(pa.int32(), pa.large_binary())),  # large: one batch may pass 2 GiB
+        ("image_format", pa.string()),  # of the file, as ingest found it (the profiler needs these)
+        ("image_mode", pa.string()),
+        ("bits_per_pixel", pa.int16()),
+        ("file_bytes", pa.int64()),
+    ]
+)
+
 # --- signals: the Data Profiling Engine's cheap per-pair signals (status ok only) ----------------
 
 SIGNALS = pa.schema(
@@ -105,7 +126,7 @@ SIGNALS = pa.schema(
     ]
 )
 
-# --- the concept graph and tags (engine/graph.py, engine/tagging.py) -----------------------------
+# --- the concept graph and tags (engine/graph/concept_graph.py, engine/graph/tagging.py) -----------
 
 # The workspace's graph: the pruned WordNet base plus concepts mined from its captions. One file
 # per table (shard id "graph"), rewritten by `zcurate tag` / `zcurate graph build`.
@@ -187,7 +208,7 @@ SIGNAL_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 # --- embeddings and safety: the Cross-modal Vector Engine's vectors and the NSFW score -----------
 
-EMBED_DIM = 256  # the embedded default embedder (engine/embed.py); another model's width needs its own
+EMBED_DIM = 256  # the embedded default embedder's width; another model's width needs its own
 
 
 def embeddings_schema(dim: int = EMBED_DIM) -> pa.Schema:
@@ -196,7 +217,7 @@ def embeddings_schema(dim: int = EMBED_DIM) -> pa.Schema:
         [
             ("sample_id", pa.string()),
             ("image_id", pa.string()),
-            ("model_id", pa.string()),  # engine.embed.Embedder.model_id: architecture@weights#sha256
+            ("model_id", pa.string()),  # Embedder.model_id (engine.vectors): architecture@weights#sha256
             ("image_vec", pa.list_(pa.float16(), dim)),  # L2-normalised; null if the image failed
             ("text_vec", pa.list_(pa.float16(), dim)),  # L2-normalised caption vector
             ("clip_score", pa.float32()),  # cosine(image, caption) in float32, before the cast
@@ -219,7 +240,7 @@ TABLES["safety"] = SAFETY
 SIGNAL_COLUMNS["embeddings"] = ("clip_score",)
 SIGNAL_COLUMNS["safety"] = ("nsfw_score",)
 
-# --- dedup: near-duplicate communities (engine/dedup.py), one global shard "all" ----------------
+# --- dedup: near-duplicate communities (engine/vectors/dedup.py), one global shard "all" ----------------
 
 DEDUP = pa.schema(
     [
@@ -231,7 +252,7 @@ DEDUP = pa.schema(
     ]
 )
 TABLES["dedup"] = DEDUP
-# --- ocr: the text in each usable pair's image (engine/ocr.py; the ocr image stage) ---------------
+# --- ocr: the text in each usable pair's image (engine/profiling/ocr.py; the ocr image stage) ---------------
 # A row with null ocr_text is an image the OCR failed on; an image without text has ocr_text "".
 
 OCR_LINE = pa.struct(
@@ -252,7 +273,7 @@ OCR = pa.schema(
         ("text_area_ratio", pa.float32()),  # area of the union of line boxes / image area
         ("ocr_lang", pa.string()),  # en | zh | mixed | none
         ("ocr_caption_overlap", pa.float32()),  # share of OCR characters the caption has; null without text
-        ("has_watermark_text", pa.bool_()),  # a small credit/URL/stock-agency line (engine.ocr heuristic)
+        ("has_watermark_text", pa.bool_()),  # a small credit/URL/stock-agency line (ocr_signals heuristic)
     ]
 )
 
@@ -302,3 +323,31 @@ BOOSTS = pa.schema(
         ("reason", pa.string()),  # what the user was fixing, e.g. "gap: lorikeet"
     ]
 )
+
+# --- column groups the service shows (api, catalog) ---
+# Named groups of the catalog's ``signals`` view columns (signals_view()), so `zcurate stats`, the
+# API's schemas and the dashboard list them from one place. Each group's order is its display order.
+
+# Profiling signals summarised by quantiles (`zcurate stats`, GET /v1/stats): the numbers a recipe
+# or a person reads a spread of. Left out: aspect (width / height, both listed), bits_per_pixel (a
+# constant of the colour mode), phash (a hash, not a measure) and caption_lang_prob.
+STAT_SIGNALS = (
+    "width",
+    "height",
+    "file_bytes",
+    "compression_ratio",
+    "border_variance",
+    "jpeg_bpp",
+    "blur",
+    "colourfulness",
+    "entropy",
+    "caption_chars",
+    "caption_words",
+)
+# Scores with a histogram in GET /v1/stats: what a recipe thresholds on (image-caption agreement,
+# NSFW probability, OCR confidence and text area; null where a stage has not run), then sharpness
+# and size, which the dashboard's overview plots too.
+SCORE_SIGNALS = ("clip_score", "nsfw_score", "ocr_conf_mean", "text_area_ratio", "blur", "width", "height")
+# The explorer's range filters and sort keys (GET /v1/samples), shown on each sample's card: the
+# scores without OCR confidence (a card says whether OCR found text instead, has_text).
+EXPLORER_SIGNALS = tuple(name for name in SCORE_SIGNALS if name != "ocr_conf_mean")

@@ -2,9 +2,10 @@
 
 A user who curated without OCR (or before the embedder existed) runs ``zcurate ocr`` or
 ``zcurate embed``; the curate job calls this too for finished shards that miss a stage it was
-asked to run. Per shard, the usable records are read again from the source through the saved
-plan and decoded exactly as the curate job did (``engine.plan.load_plans``), and the stage's
-table shard is written atomically, so a killed run resumes where it stopped.
+asked to run. Per shard, ``pipelines.runner.ShardRunner`` (the curate job's own loop, in backfill
+mode) reads the usable records again from the source through the saved plan
+(``engine.profiling.plan.load_plans``), decodes them exactly as the curate job did, hands them to
+the stage, and writes the stage's table shard atomically, so a killed run resumes where it stopped.
 
 A record whose file changed since it was curated (its sample_id differs now) is skipped and
 counted: its row stays missing and the catalog shows nulls for its stage columns.
@@ -15,16 +16,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import pyarrow.compute as pc
-
-from engine import schema
 from engine.catalog import refresh_catalog
-from engine.profiling.ingest import IngestConfig, ingest_record
-from engine.profiling.plan import ShardPlan, load_plans, read_shard_rows
-from engine.profiling.source import Source
+from engine.profiling.plan import load_plans
 from engine.workspace import Workspace
+from pipelines.runner import ShardRunner
 from pipelines.runtime import map_shards, ray_session, record_failure
-from pipelines.stages import ImageStage, StageItem
+from pipelines.stages import Stage
 
 
 @dataclass
@@ -39,41 +36,6 @@ class BackfillSummary:
     changed: int  # usable samples skipped because their source file changed since curation
     seconds: float
     failed: dict[str, str] = field(default_factory=dict)  # shard_id -> last error (runtime.record_failure)
-
-
-class StageShard:
-    """Re-reads one curated shard's usable samples and runs an image stage over them.
-
-    Ray Data builds one per actor (the stage's model loads once per actor).
-    """
-
-    def __init__(
-        self, ws: Workspace, stage: ImageStage, sources: dict[str, tuple[Source, ShardPlan, IngestConfig]]
-    ):
-        self.ws, self.stage, self.sources = ws, stage, sources
-        stage.setup()
-
-    def __call__(self, item: dict) -> dict:
-        source, plan, config = self.sources[item["source_key"]]
-        shard_id = plan.shard_id(item["shard"])
-        samples = self.ws.read_shard("samples", shard_id)
-        usable = samples.filter(pc.equal(samples["status"], schema.STATUS_OK))
-        wanted = {row["ref"]: row["sample_id"] for row in usable.select(["ref", "sample_id"]).to_pylist()}
-        self.stage.begin_shard()
-        changed = 0
-        for record in source.read_records(read_shard_rows(self.ws, plan, item["shard"])):
-            if record.ref not in wanted:
-                continue
-            result = ingest_record(record, plan.source_key, config)
-            row = result.row
-            if not result.ok or row["sample_id"] != wanted[record.ref]:
-                changed += 1
-                continue
-            self.stage.add(StageItem(row["sample_id"], row["image_id"], row["caption"], result.image))
-            result.image = None
-        table = self.stage.finish_shard()
-        self.ws.write_shard(self.stage.table, shard_id, table)
-        return {"shard_id": shard_id, "rows": table.num_rows, "changed": changed}
 
 
 def pending_shards(ws: Workspace, table: str) -> tuple[list[dict], dict, int]:
@@ -92,7 +54,7 @@ def pending_shards(ws: Workspace, table: str) -> tuple[list[dict], dict, int]:
 
 def run_image_stage(
     ws: Workspace,
-    stage: ImageStage,
+    stage: Stage,
     num_cpus: int | None = None,
     progress: bool | None = None,
     refresh: bool = True,
@@ -110,9 +72,9 @@ def run_image_stage(
     failed: dict[str, str] = {}
     if items:
         with ray_session(num_cpus):
-            kwargs = {"ws": ws, "stage": stage, "sources": sources}
+            kwargs = {"ws": ws, "sources": sources, "stages": [stage], "backfill": True}
             results, failures = map_shards(
-                items, StageShard, kwargs, desc=stage.name, progress=progress, num_gpus=stage.num_gpus
+                items, ShardRunner, kwargs, desc=stage.name, progress=progress, num_gpus=stage.num_gpus
             )
         for failure in failures:
             shard_id = sources[failure.item["source_key"]][1].shard_id(failure.item["shard"])

@@ -1,28 +1,30 @@
-"""The curate job: a source -> ``samples`` and ``signals`` shards in a workspace, on Ray.
+"""The curate job: a source -> every table of its shards in a workspace, on Ray; then the global steps.
 
 Top to bottom:
 
-1. plan     ``engine.plan.plan_source`` fixes which record goes into which shard (saved first).
-2. shards   every shard without a ``samples`` file becomes one Ray Data row; ``CurateShard``
-            runs ingest and profile over its records, hands every usable sample to the image
-            stages asked for (OCR, embedding, ...), and writes ``signals``, each image stage's
-            table, then ``samples``, each atomically (a ``samples`` file is the mark of a
-            finished shard).
-3. finalize ``mark_duplicate_rows`` rejects repeated (image, caption) pairs across shards.
-4. tag      ``engine.tagging.tag_workspace`` tags every usable sample with graph concepts
-            (a global step: concepts mined from captions need all of them).
-5. catalog  ``engine.catalog.refresh_catalog`` rebuilds the DuckDB views.
+1. plan      ``engine.profiling.plan.plan_source`` fixes which record goes into which shard (saved
+             first, so a rerun puts every record in the same shard).
+2. shards    every shard without a ``samples`` file goes to a Ray actor running
+             ``pipelines.runner.ShardRunner``: read -> ingest -> stages (profile and the image stages
+             asked for: OCR, embedding, safety) -> each stage's table, then ``samples`` (the mark
+             of a finished shard), each written atomically.
+3. backfill  shards an earlier run finished without a stage asked for now get it
+             (``pipelines.backfill``).
+4. finalize  ``mark_duplicate_rows`` rejects repeated (image, caption) pairs across shards.
+5. global    ``engine.vectors.dedup.index_and_dedup`` (FAISS indexes, near-duplicate communities),
+             ``engine.graph.tagging.tag_workspace`` (concepts mined from all the captions), then
+             ``engine.catalog.refresh_catalog`` (the DuckDB views).
 
-Kill it at any point and run it again: finished shards are skipped, unfinished ones redone,
-and finalize is idempotent, so the result has every record exactly once. A shard that fails
-every attempt (``pipelines.runtime.map_shards``: its worker raised, or its worker process died)
-is recorded in ``_failed/<shard_id>.json`` and named in the summary; every other shard and the
-global steps complete, and running the same command again retries only the failed shards.
+Kill it at any point and run it again: finished shards are skipped, unfinished ones redone, and
+finalize is idempotent, so the result has every record exactly once. A shard that fails every
+attempt (``pipelines.runtime.map_shards``: its worker raised, or its worker process died) is
+recorded in ``_failed/<shard_id>.json`` and named in the summary; every other shard and the global
+steps complete, and running the same command again retries only the failed shards. Each step shows
+a progress bar on a terminal and one line otherwise (``pipelines.progress``).
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -33,14 +35,16 @@ import pyarrow.compute as pc
 
 from engine import schema
 from engine.catalog import refresh_catalog
-from engine.profiling.ingest import IngestConfig, find_duplicate_rows, make_rejected_id
-from engine.profiling.plan import ShardPlan, plan_source, read_shard_rows, save_source_config
+from engine.profiling.ingest import IngestConfig, find_duplicate_rows, reject_duplicate
+from engine.profiling.plan import ShardPlan, plan_source, save_source_config
 from engine.profiling.source import Source
 from engine.vectors.dedup import index_and_dedup
 from engine.workspace import Workspace
 from pipelines.backfill import run_image_stage
+from pipelines.progress import step_progress
+from pipelines.runner import ShardRunner
 from pipelines.runtime import clear_failures, map_shards, ray_session, record_failure
-from pipelines.stages import ImageStage, IngestStage, ProfileStage, StageItem
+from pipelines.stages import ProfileStage, Stage
 
 if TYPE_CHECKING:
     from engine.graph.tagging import TagSummary
@@ -70,99 +74,6 @@ class CurateSummary:
     shard_busy_s: float = 0.0  # sum of shard task times over all workers
     tagging: TagSummary | None = None  # what the tagging step did (None: skipped or up to date)
     failed_shards: dict[str, str] = field(default_factory=dict)  # shard_id -> last error (_failed/)
-
-
-class CurateShard:
-    """Runs the record stages over one shard and writes its tables.
-
-    Ray Data builds one per actor (stages set up once: imports, the language model), then calls
-    it once per shard. Tests and benchmarks call it directly, without Ray.
-    """
-
-    def __init__(
-        self,
-        ws: Workspace,
-        source: Source,
-        plan: ShardPlan,
-        config: IngestConfig,
-        image_stages: list[ImageStage] = (),
-    ):
-        self.ws, self.source, self.plan = ws, source, plan
-        self.ingest = IngestStage(plan.source_key, config)
-        self.profile = ProfileStage()
-        self.image_stages = list(image_stages)
-        for stage in (self.ingest, self.profile, *self.image_stages):
-            stage.setup()
-
-    def __call__(self, item: dict) -> dict:
-        started = time.time()  # wall clock, comparable across workers; reported, never stored
-        index = item["shard"]
-        shard_id = self.plan.shard_id(index)
-        self.profile.setup()  # forget the previous shard's image cache
-        for stage in self.image_stages:
-            stage.begin_shard()
-        rows = read_shard_rows(self.ws, self.plan, index)
-        samples, signals = [], []
-        first_row_of: dict[str, int] = {}  # sample_id -> row_index, for duplicates in this shard
-        for row_index, record in enumerate(self.source.read_records(rows)):
-            result = self.ingest(record)
-            sample = {
-                **result.row,
-                "source": self.source.location,
-                "source_kind": self.source.kind,
-                "shard_id": shard_id,
-                "row_index": row_index,
-            }
-            if result.ok and sample["sample_id"] in first_row_of:
-                kept = f"{shard_id}:{first_row_of[sample['sample_id']]}"
-                reject_duplicate(sample, kept, self.plan.source_key)
-            elif result.ok:
-                try:
-                    signals.append(self.profile(result))
-                    first_row_of[sample["sample_id"]] = row_index
-                except Exception as e:  # one image that breaks a profiler must not fail the shard
-                    sample.update(
-                        status=schema.STATUS_REJECTED,
-                        reject_reason="internal_error",
-                        reject_detail=f"profile: {type(e).__name__}: {e}",
-                        sample_id=make_rejected_id(self.plan.source_key, sample["ref"]),
-                    )
-                else:
-                    item = StageItem(sample["sample_id"], sample["image_id"], sample["caption"], result.image)
-                    add_to_stages(self.image_stages, item)
-            samples.append(sample)
-            result.image = None  # free the decoded pixels before the next record
-        self.ws.write_shard("signals", shard_id, pa.Table.from_pylist(signals, schema=schema.SIGNALS))
-        for stage in self.image_stages:
-            self.ws.write_shard(stage.table, shard_id, stage.finish_shard())
-        self.ws.write_shard("samples", shard_id, pa.Table.from_pylist(samples, schema=schema.SAMPLES))
-        ok = sum(s["status"] == schema.STATUS_OK for s in samples)
-        return {
-            "shard_id": shard_id,
-            "samples": len(samples),
-            "ok": ok,
-            "started": started,
-            "finished": time.time(),
-        }
-
-
-def add_to_stages(stages: list[ImageStage], item: StageItem) -> None:
-    """Hand one usable sample to every image stage, naming the stage when one breaks its promise."""
-    for stage in stages:
-        try:
-            stage.add(item)
-        except Exception as e:  # a stage must catch per-image errors itself: this is a bug in it
-            raise RuntimeError(f"{stage.name} stage failed on sample {item.sample_id}: {e}") from e
-
-
-def reject_duplicate(sample: dict, kept: str, source_key: str) -> None:
-    """Turn a usable row into a rejected duplicate of the row at ``kept`` (shard_id:row_index)."""
-    sample.update(
-        status=schema.STATUS_REJECTED,
-        reject_reason="duplicate_sample",
-        reject_detail=f"same image and caption as {kept}",
-        sample_id=make_rejected_id(source_key, sample["ref"]),
-    )
 
 
 def mark_duplicate_rows(ws: Workspace) -> int:
@@ -234,7 +145,7 @@ def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) 
     )
 
 
-def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[ImageStage]) -> TagSummary | None:
+def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[Stage]) -> TagSummary | None:
     """Tag the workspace unless its tags are up to date or the graph extra is not installed.
 
     CLIP zero-shot tags use the embed stage's model, so they match the stored image vectors.
@@ -257,7 +168,7 @@ def run_curate(
     limit: int | None = None,
     num_cpus: int | None = None,
     progress: bool | None = None,
-    image_stages: list[ImageStage] = (),
+    image_stages: list[Stage] = (),
     tag: bool = True,
 ) -> CurateSummary:
     """Ingest and profile ``source`` into ``ws`` (resuming whatever a killed run left).
@@ -267,40 +178,22 @@ def run_curate(
             Shards an earlier run finished without one of them get it through
             ``pipelines.backfill.run_image_stage``; nothing else of theirs is redone.
         num_cpus: CPUs of the local Ray this job starts (ignored when RAY_ADDRESS is set).
-        progress: draw a progress bar (default: when stderr is a terminal).
-        tag: tag every usable sample with graph concepts at the end (``engine.tagging``; skipped
+        progress: a progress bar per step (default: on a terminal; otherwise one line per step;
+            False: nothing).
+        tag: tag every usable sample with graph concepts at the end (``engine.graph.tagging``; skipped
             when the tags are newer than every shard).
     """
     config = config or IngestConfig()
     ws.create()
     plan = plan_source(ws, source, shard_size, limit)
+    save_source_config(ws, source, config)
     done = set(ws.list_shards("samples"))
     pending = [i for i in range(plan.shard_count) if plan.shard_id(i) not in done]
-    save_source_config(ws, source, config)
-    finished: list[dict] = []
-    failed: dict[str, str] = {}
+    finished, failed = [], {}
     # Ray starts only when there is work: a rerun of a finished job takes a moment.
     with ray_session(num_cpus) if pending else nullcontext():
         if pending:
-            worker_kwargs = {
-                "ws": ws,
-                "source": source,
-                "plan": plan,
-                "config": config,
-                "image_stages": list(image_stages),
-            }
-            finished, failures = map_shards(
-                [{"shard": i} for i in pending],
-                CurateShard,
-                worker_kwargs,
-                desc="curate",
-                progress=progress,
-                num_gpus=max((stage.num_gpus for stage in image_stages), default=0),
-            )
-            check_shared(ws, finished)
-            for failure in failures:
-                shard_id = plan.shard_id(failure.item["shard"])
-                failed[shard_id] = record_failure(ws, shard_id, "samples", failure)
+            finished, failed = curate_shards(ws, source, plan, config, pending, list(image_stages), progress)
         for stage in image_stages:  # shards an earlier run finished without this stage
             backfill = run_image_stage(ws, stage, num_cpus=num_cpus, progress=progress, refresh=False)
             failed.update(backfill.failed)
@@ -312,8 +205,53 @@ def run_curate(
         summary.records_run = sum(f["samples"] for f in finished)
         summary.work_span_s = max(f["finished"] for f in finished) - min(f["started"] for f in finished)
         summary.shard_busy_s = sum(f["finished"] - f["started"] for f in finished)
-    index_and_dedup(ws)  # vector engine's global steps: FAISS indexes + dedup, when embeddings exist
+    with step_progress("index and dedup", show=progress):
+        index_and_dedup(ws)  # the vector engine's global steps, when embeddings exist
     if tag:  # a global step: the graph grows with all the captions
-        summary.tagging = run_tagging(ws, progress, list(image_stages))
-    summary.catalog = refresh_catalog(ws)
+        with step_progress("tag", show=progress):
+            summary.tagging = run_tagging(ws, progress, list(image_stages))
+    with step_progress("catalog", show=progress):
+        summary.catalog = refresh_catalog(ws)
     return summary
+
+
+def curate_runner_kwargs(
+    ws: Workspace, source: Source, plan: ShardPlan, config: IngestConfig, image_stages: list[Stage] = ()
+) -> dict:
+    """What a curate job's ``ShardRunner`` is built from on each actor: the source, profile and the
+    image stages asked for (``ShardRunner(**curate_runner_kwargs(...))`` runs a shard in-process)."""
+    stages = [ProfileStage(), *image_stages]
+    return {"ws": ws, "sources": {plan.source_key: (source, plan, config)}, "stages": stages}
+
+
+def shard_item(plan: ShardPlan, index: int) -> dict:
+    """The work item of shard ``index`` of a source's plan (what ``ShardRunner`` takes)."""
+    return {"source_key": plan.source_key, "shard": index}
+
+
+def curate_shards(
+    ws: Workspace,
+    source: Source,
+    plan: ShardPlan,
+    config: IngestConfig,
+    pending: list[int],
+    image_stages: list[Stage],
+    progress: bool | None,
+) -> tuple[list[dict], dict[str, str]]:
+    """Run the pending shards on Ray (``ShardRunner`` with profile and the image stages); returns
+    the finished shards' counts and the failed shards' errors (each recorded in ``_failed/``)."""
+    runner_kwargs = curate_runner_kwargs(ws, source, plan, config, image_stages)
+    finished, failures = map_shards(
+        [shard_item(plan, i) for i in pending],
+        ShardRunner,
+        runner_kwargs,
+        desc="curate",
+        progress=progress,
+        num_gpus=max(stage.num_gpus for stage in runner_kwargs["stages"]),
+    )
+    check_shared(ws, finished)
+    failed = {}
+    for failure in failures:
+        shard_id = plan.shard_id(failure.item["shard"])
+        failed[shard_id] = record_failure(ws, shard_id, "samples", failure)
+    return finished, failed

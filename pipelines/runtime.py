@@ -11,10 +11,22 @@ Where the job runs:
   but not our code; it is off by default because it uploads the packages (~8 MB, the bundled
   weights included) on every job.
 
-Faults (``map_shards``): an exception in one shard's worker is caught on the worker and becomes a
-failure record, a worker process that dies (a decoder segfault, OOM, a lost node) is restarted by
-Ray, and every shard that did not come back is tried again, up to ``MAX_ATTEMPTS`` in all. The
-shards that still fail are returned as failures; every other shard completes.
+Work (``map_shards``): a pool of Ray actors, one per CPU (or per GPU share), each building the
+job's worker once (models load once per actor) and taking shards one after another, two queued so
+it never waits for the scheduler. The pool is plain Ray Core (``ray.remote(...).options``), not Ray
+Data's ``map``: Ray Data retries a task forever unless told otherwise through ``ray_remote_args``,
+which Ray 2.60 deprecates with no named replacement, and it logs its own execution notices.
+
+Faults: an exception in one shard's worker is caught on the worker and becomes a failure record;
+a worker process that dies (a decoder segfault, OOM, a lost node) is restarted by Ray
+(``max_restarts=-1``) and its shard is not retried by Ray (``max_task_retries=0``); every shard
+that did not come back is tried again in a new round, one at a time per actor, up to
+``MAX_ATTEMPTS`` in all. The shards that still fail are returned as failures; every other shard
+completes.
+
+Output: a normal run prints no Ray notice. Ray's logging is at WARNING and above, and the one
+warning every local Ray 2.60 prints, that token authentication is enabled (its new default, which we
+keep), is dropped by a filter on that message alone; every other warning and error stays visible.
 """
 
 from __future__ import annotations
@@ -22,18 +34,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from tqdm import tqdm
-
 from engine.workspace import Workspace
+from pipelines.progress import step_progress
 
 # No usage-stats prompt or upload: these machines reach no network beyond package registries.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The notice Ray 2.60 logs at WARNING for every new local Ray: token auth is on (as we want it).
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
 
 logger = logging.getLogger(__name__)
 SHIP_CODE_ENV = "ZCURATE_RAY_SHIP_CODE"  # "1": send engine/ and pipelines/ to the cluster's workers
@@ -66,13 +78,6 @@ def clear_failures(ws: Workspace) -> None:
         record = json.loads(ws.read_text(f"{ws.failed}/{name}"))
         if ws.has_shard(record["table"], record["shard_id"]):
             ws.fs.delete_file(ws.path(ws.failed, name))
-
-
-class _DropNotice(logging.Filter):
-    """Drops Ray Data's notice that its progress bars are off: the job draws its own bar."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Progress bars disabled" not in record.getMessage()
 
 
 def code_runtime_env() -> dict | None:
@@ -109,35 +114,37 @@ def ray_session(num_cpus: int | None = None) -> Iterator[None]:
         # The curate job moves shard summaries, not images, through the object store: 1 GiB is
         # ample and leaves the rest of the machine's memory to the decoding workers.
         kwargs["object_store_memory"] = 1 << 30
-    ray.init(address=address, **kwargs)
-    logging.getLogger("ray.data._internal.progress").addFilter(_DropNotice())
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the job draws its own bar per shard
-    context.print_on_execution_start = False
+    auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    auth_logger.addFilter(_drop_token_notice)
+    try:
+        ray.init(address=address, **kwargs)
+    finally:
+        auth_logger.removeFilter(_drop_token_notice)
     try:
         yield
     finally:
         ray.shutdown()
 
 
-class _Guarded:
-    """Runs the real worker on one row and turns its exception into a failure row.
+def _drop_token_notice(record: logging.LogRecord) -> bool:
+    """A logging filter: False (drop) for Ray's token-auth notice only (module docstring)."""
+    return not record.getMessage().startswith(TOKEN_NOTICE)
 
-    The row carries the item's position (``key``) so the driver knows which items came back.
-    Results travel as JSON text: Ray Data need not infer one Arrow type for every worker's dict.
-    """
+
+class ShardActor:
+    """A Ray actor that builds the real worker once and runs it on one item at a time, turning the
+    worker's exception into a failure (the item's other shards and the actor go on)."""
 
     def __init__(self, worker: type, worker_kwargs: dict):
         self.worker = worker(**worker_kwargs)
 
-    def __call__(self, row: dict) -> dict:
+    def run(self, item: dict) -> tuple[dict | None, str]:
+        """(the worker's result, "") or (None, a one-line error naming where it was raised)."""
         try:
-            result = self.worker(json.loads(row["item"]))
+            return self.worker(item), ""
         except Exception as e:  # one shard's bug or bad file must not fail the other shards
             last = traceback.extract_tb(e.__traceback__)[-1]
-            error = f"{type(e).__name__}: {e} (at {os.path.basename(last.filename)}:{last.lineno})"
-            return {"key": row["key"], "result": "", "error": error}
-        return {"key": row["key"], "result": json.dumps(result), "error": ""}
+            return None, f"{type(e).__name__}: {e} (at {os.path.basename(last.filename)}:{last.lineno})"
 
 
 def map_shards(
@@ -148,17 +155,14 @@ def map_shards(
     progress: bool | None = None,
     num_gpus: float = 0,
 ) -> tuple[list[dict], list[ShardFailure]]:
-    """Run ``worker(**worker_kwargs)(item)`` for every item on a Ray Data actor pool.
+    """Run ``worker(**worker_kwargs)(item)`` for every item on a pool of Ray actors (module docstring).
 
-    One actor per CPU (models set up once per actor), each with two items queued so it never
-    waits for the scheduler between items. An item whose worker raised, or whose worker process
-    died (Ray restarts the actor; a lost node's actors come back on the nodes left), is run again
-    in a new round, up to ``MAX_ATTEMPTS`` times in all; retry rounds queue one item per actor, so
-    an item that kills its process fails alone. Call inside ``ray_session``.
+    Call inside ``ray_session``.
 
     Args:
         items: JSON-able dicts, one per unit of work (a shard).
-        desc: the progress bar's label. progress: draw it (default: when stderr is a terminal).
+        desc: the step's name on its progress bar or line. progress: draw a bar (default: when
+            stderr is a terminal; otherwise one line when the step ends).
         num_gpus: GPUs per actor (the largest any of the worker's stages asks for).
 
     Returns:
@@ -167,26 +171,20 @@ def map_shards(
     results: list[dict] = []
     errors: dict[int, str] = {}
     todo = list(range(len(items)))
-    show = sys.stderr.isatty() if progress is None else progress
-    with tqdm(total=len(items), unit="shard", disable=not show, desc=desc) as bar:
+    with step_progress(desc, len(items), "shard", progress) as bar:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             if not todo:
                 break
-            came_back = set()
-            # Retries run one shard per worker process at a time: a shard whose file kills the
-            # process then takes no queued neighbour down with it.
+            # Retries run one shard per actor at a time: a shard whose file kills the process then
+            # takes no queued neighbour down with it.
             queued = 2 if attempt == 1 else 1
-            for row in _run_round(items, todo, worker, worker_kwargs, num_gpus, queued):
-                came_back.add(row["key"])
-                if row["error"]:
-                    errors[row["key"]] = row["error"]
+            for key, (result, error) in run_round(items, todo, worker, worker_kwargs, num_gpus, queued):
+                if error:
+                    errors[key] = error
                 else:
-                    errors.pop(row["key"], None)
-                    results.append(json.loads(row["result"]))
+                    errors.pop(key, None)
+                    results.append(result)
                     bar.update(1)
-            for key in todo:
-                if key not in came_back:  # its task failed: the worker process died under it
-                    errors[key] = WORKER_DIED
             todo = sorted(errors)
             if todo and attempt < MAX_ATTEMPTS:
                 logger.warning(
@@ -201,34 +199,54 @@ def map_shards(
     return results, failures
 
 
-def _run_round(
-    items: list[dict], keys: list[int], worker: type, worker_kwargs: dict, num_gpus: float, queued: int
-):
-    """One Ray Data execution over ``items[key]`` for ``keys`` (``queued`` items in flight per
-    actor); yields the ``_Guarded`` rows."""
+def pool_size(items: int, num_gpus: float) -> int:
+    """Actors for a round: one per CPU of the cluster (at most one per item), fewer when each needs
+    a share of the cluster's GPUs."""
     import ray
 
-    # A task whose actor died is dropped from the execution instead of failing every other
-    # shard; map_shards notices the missing row and tries that item again.
-    ray.data.DataContext.get_current().max_errored_blocks = -1
-    rows = [{"key": key, "item": json.dumps(items[key])} for key in keys]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    workers = max(1, min(len(rows), int(ray.cluster_resources().get("CPU", 1))))
+    resources = ray.cluster_resources()
+    actors = max(1, min(items, int(resources.get("CPU", 1))))
     if num_gpus:
-        workers = max(1, min(workers, int(ray.cluster_resources().get("GPU", 0) / num_gpus) or 1))
-    pool = ray.data.ActorPoolStrategy(
-        min_size=1, max_size=workers, initial_size=workers, max_tasks_in_flight_per_actor=queued
-    )
-    dataset = dataset.map(
-        _Guarded,
-        fn_constructor_kwargs={"worker": worker, "worker_kwargs": worker_kwargs},
-        compute=pool,
+        actors = max(1, min(actors, int(resources.get("GPU", 0) / num_gpus) or 1))
+    return actors
+
+
+def run_round(
+    items: list[dict], keys: list[int], worker: type, worker_kwargs: dict, num_gpus: float, queued: int
+) -> Iterator[tuple[int, tuple[dict | None, str]]]:
+    """One pass over ``items[key]`` for ``keys`` on a fresh actor pool (``queued`` items in flight per
+    actor); yields (key, (result, error)) as items finish, ``WORKER_DIED`` for an actor that died."""
+    import ray
+
+    actor_class = ray.remote(ShardActor).options(
         num_cpus=1,
         num_gpus=num_gpus or None,
-        # Ray restarts a dead actor (max_restarts=-1, Ray Data's default) but does not retry the
-        # task itself: the next round does, so one count (MAX_ATTEMPTS) bounds every kind of retry.
-        # (Ray Data's default, retry forever, would loop on a file that kills its worker. Passed
-        # as a ray_remote_arg, deprecated for 2.64: Ray 2.60, which we pin, has no named one.)
-        max_task_retries=0,
+        max_restarts=-1,  # a dead worker process comes back (a crash in native code, a lost node)...
+        max_task_retries=0,  # ...but its shard is not run again behind our back: the rounds count
+        scheduling_strategy="SPREAD",  # one actor per node first, as a cluster user expects
     )
-    yield from dataset.iter_rows()
+    actors = [actor_class.remote(worker, worker_kwargs) for _ in range(pool_size(len(keys), num_gpus))]
+    waiting = list(keys)
+    running: dict = {}  # object ref -> (key, actor)
+
+    def submit(actor) -> None:
+        key = waiting.pop(0)
+        running[actor.run.remote(items[key])] = (key, actor)
+
+    try:
+        for actor in actors:
+            for _ in range(queued):
+                if waiting:
+                    submit(actor)
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            key, actor = running.pop(ref)
+            try:
+                yield key, ray.get(ref)
+            except ray.exceptions.RayActorError:
+                yield key, (None, WORKER_DIED)
+            if waiting:
+                submit(actor)
+    finally:
+        for actor in actors:
+            ray.kill(actor)

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 
@@ -184,3 +185,26 @@ def write_noise_folder(folder: str, n: int, size=(64, 64)) -> str:
 
 def caption_json(caption: str) -> bytes:
     return json.dumps({"caption": caption}).encode()
+
+
+def image_batch(pairs) -> pa.Table:
+    """A ``schema.IMAGE_BATCH`` of (sample_id, image_id, caption, PIL image) tuples, as the curate
+    job's runner builds one (each distinct image_id once)."""
+    from engine.profiling.image_batch import ImageBatchBuilder
+    from engine.profiling.ingest import ImageInfo
+
+    builder = ImageBatchBuilder(max_images=1 << 30, max_bytes=1 << 62)
+    for sample_id, image_id, caption, image in pairs:
+        row = {"sample_id": sample_id, "image_id": image_id, "caption": caption}
+        builder.add(row, image.convert("RGB"), ImageInfo("PNG", "RGB", 24, 1000))
+    return builder.take()
+
+
+def run_shards_here(ws, source, plan, stages=()) -> list[dict]:
+    """Every shard of a planned source through the curate job's runner, in this process (no Ray)."""
+    from engine.profiling.ingest import IngestConfig
+    from pipelines.curate import curate_runner_kwargs, shard_item
+    from pipelines.runner import ShardRunner
+
+    runner = ShardRunner(**curate_runner_kwargs(ws, source, plan, IngestConfig(), list(stages)))
+    return [runner(shard_item(plan, index)) for index in range(plan.shard_count)]

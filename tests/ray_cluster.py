@@ -221,7 +221,7 @@ def _kill(p: psutil.Process) -> None:
 class PoisonStage:
     """A test image stage standing in for a third-party decoder that breaks on one file.
 
-    On a sample whose caption contains ``EXIT_WORD`` it kills its worker process (as a segfault in
+    On a batch with a caption containing ``EXIT_WORD`` it kills its worker process (as a segfault in
     native code would); on ``RAISE_WORD`` it raises. Both only while ``armed_file`` exists, so a
     test can "fix the decoder" and rerun. Writes the ``safety`` table with null scores (the
     table's value for an image a scorer could not read) so the shard layout stays the real one.
@@ -230,32 +230,37 @@ class PoisonStage:
     armed_file: str
     name: str = "poison"
     table: str = "safety"
-    schema: object = None
     num_cpus: float = 1
     num_gpus: float = 0
-    reads: tuple[str, ...] = ("caption",)
+    reads: tuple[str, ...] = ("sample_id", "image_id", "caption")
     writes: tuple[str, ...] = ("nsfw_score",)
-    rows: list = field(default_factory=list)
+    schema: object = None  # schema.SAFETY, set in __post_init__ (this field shadows the module here)
+    required: bool = False
 
     EXIT_WORD = "poison-exit"
     RAISE_WORD = "poison-raise"
 
+    def __post_init__(self) -> None:
+        from engine import schema
+
+        self.schema = schema.SAFETY
+
     def setup(self) -> None:
         pass
 
-    def begin_shard(self) -> None:
-        self.rows = []
-
-    def add(self, item) -> None:
-        if os.path.exists(self.armed_file) and self.EXIT_WORD in item.caption:
-            os._exit(70)  # no cleanup, no exception: the process is simply gone
-        if os.path.exists(self.armed_file) and self.RAISE_WORD in item.caption:
-            raise ValueError(f"cannot decode {item.image_id}")
-        self.rows.append({"sample_id": item.sample_id, "image_id": item.image_id, "nsfw_score": None})
-
-    def finish_shard(self):
+    def __call__(self, batch):
         import pyarrow as pa
 
-        from engine import schema
-
-        return pa.Table.from_pylist(self.rows, schema=schema.SAFETY)
+        armed = os.path.exists(self.armed_file)
+        for image_id, caption in zip(
+            batch["image_id"].to_pylist(), batch["caption"].to_pylist(), strict=True
+        ):
+            if armed and self.EXIT_WORD in caption:
+                os._exit(70)  # no cleanup, no exception: the process is simply gone
+            if armed and self.RAISE_WORD in caption:
+                raise ValueError(f"cannot decode {image_id}")
+        nulls = pa.nulls(batch.num_rows, pa.float32())
+        return pa.table(
+            {"sample_id": batch["sample_id"], "image_id": batch["image_id"], "nsfw_score": nulls},
+            schema=self.schema,
+        )

@@ -1,5 +1,5 @@
-"""bench/bench_scale.py: the derived dataset, the extrapolation arithmetic, the README's scale
-tables against bench/results-scale.json, and (slow) a small end-to-end run that resumes."""
+"""bench/bench_scale.py: the derived dataset, the extrapolation arithmetic, the scale tables of
+docs/benchmarks.md against bench/results-scale.json, and (slow) a small end-to-end run that resumes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "bench", "bench_scale.py")
 RESULTS = os.path.join(REPO, "bench", "results-scale.json")
+DOCS_PAGE = os.path.join(REPO, "docs", "benchmarks.md")  # its "Scale" section holds the tables
 
 _spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
 bench_scale = importlib.util.module_from_spec(_spec)
@@ -144,9 +145,9 @@ def test_extrapolate_is_the_stated_formula():
     assert rows[1]["one_node_h"] == rows[0]["one_node_h"]
 
 
-def test_readme_tables_are_the_results_file():
-    """The README's scale tables are what `--extrapolate` prints from bench/results-scale.json, and
-    printing them leaves the file alone."""
+def test_docs_tables_are_the_results_file():
+    """The scale tables of docs/benchmarks.md are what `--extrapolate` prints from
+    bench/results-scale.json, and printing them leaves the file alone."""
     with open(RESULTS, "rb") as f:
         before = hashlib.sha256(f.read()).hexdigest()
     out = subprocess.run(
@@ -158,12 +159,12 @@ def test_readme_tables_are_the_results_file():
     ).stdout
     with open(RESULTS, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == before
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
+    with open(DOCS_PAGE, encoding="utf-8") as f:
+        page = f.read()
     table_lines = [line for line in out.splitlines() if line.startswith("|")]
     assert len(table_lines) >= 8 + 2 + 8 + 2 + 8 + 2
-    missing = [line for line in table_lines if line not in readme]
-    assert not missing, f"README scale tables differ from {RESULTS}: {missing[:3]}"
+    missing = [line for line in table_lines if line not in page]
+    assert not missing, f"the scale tables of {DOCS_PAGE} differ from {RESULTS}: {missing[:3]}"
     results = _read_json(RESULTS)
     steps = {s["step"] for s in results["steps"]}
     assert steps == set(bench_scale.STEPS)  # every step measured at scale

@@ -336,6 +336,15 @@ def test_dockerfile_copies_files_that_exist_and_reach_the_build():
     assert dockerignored(".venv/bin/python", rules) and dockerignored(".env", rules)
 
 
+def test_dockerfile_copies_every_package_the_project_installs():
+    """pyproject's packages (engine, pipelines, api, cli...) all reach the image: one left out
+    installs nothing, and the image's ``zcurate`` fails on its first import."""
+    copies = [shlex.split(args) for instruction, args in dockerfile_instructions() if instruction == "COPY"]
+    copied = {source for args in copies if "--from=" not in " ".join(args) for source in args[:-1]}
+    roots = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {root.rstrip("*") for root in roots} <= copied
+
+
 def setup_apt_packages() -> set[str]:
     match = re.search(r"APT_PACKAGES=\(([^)]*)\)", SETUP_SH.read_text())
     return set(match.group(1).split())

@@ -12,16 +12,14 @@ from api.deps import State
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from api.sandbox import json_safe
 from api.schemas import ConceptGap, ConceptGaps, ConceptMatch, ConceptNeighbourhood
-from engine.catalog import connect_catalog
-from engine.graph.concept_queries import concept_neighbourhood, representation_gaps
+from engine.graph import concept_queries
+from engine.graph.concept_queries import ConceptNotFound, concept_neighbourhood, representation_gaps
 
 router = APIRouter(
     tags=["concepts"],
     dependencies=[ReadScope],
     responses={**ERROR_RESPONSES, 404: {"model": ErrorBody, "description": "no such concept"}},
 )
-
-MAX_ID = 2**63 - 1  # concept ids are BIGINT
 
 
 @router.get("/concepts", response_model=list[ConceptMatch])
@@ -32,20 +30,10 @@ def search_concepts(
 ) -> list[ConceptMatch]:
     """Concepts whose synset or a lemma contains ``q`` (any case, spaces as underscores): exact
     names first, then the most samples (rolled up)."""
-    term = q.strip().lower().replace(" ", "_")
-    if not term:
-        raise ApiError(422, "invalid_request", "q is empty")
-    con = connect_catalog(state.ws)
     try:
-        rows = con.sql(
-            "SELECT n.concept_id, n.synset, n.depth, n.n_direct, n.n_rollup FROM concept_counts n "
-            "JOIN concepts c USING (concept_id) "
-            "WHERE contains(lower(n.synset), ?) OR contains(lower(array_to_string(c.lemmas, ' ')), ?) "
-            "ORDER BY split_part(n.synset, '.', 1) <> ?, n.n_rollup DESC, n.synset LIMIT ?",
-            params=[term, term, term, limit],
-        ).to_arrow_table()
-    finally:
-        con.close()
+        rows = concept_queries.search_concepts(state.ws, q, limit)
+    except ValueError as e:  # only spaces
+        raise ApiError(422, "invalid_request", f"q: {e}") from None
     return [ConceptMatch(**row) for row in rows.to_pylist()]
 
 
@@ -77,19 +65,13 @@ def get_concept(
         ),
     ],
 ) -> ConceptNeighbourhood:
-    key: str | int = concept
-    if concept.isdigit():
-        if int(concept) > MAX_ID:
-            raise ApiError(404, "not_found", f"no concept {concept}")
-        key = int(concept)
-
     def compute() -> ConceptNeighbourhood | str:
         try:
-            return ConceptNeighbourhood(**json_safe(concept_neighbourhood(state.ws, key)))
-        except ValueError as e:  # an unknown concept: remembered too (a miss costs as much as a hit)
+            return ConceptNeighbourhood(**json_safe(concept_neighbourhood(state.ws, concept)))
+        except ConceptNotFound as e:  # remembered too (its message): a miss costs as much as a hit
             return str(e)
 
-    result = state.answers.get(("concept", key), compute)
+    result = state.answers.get(("concept", concept), compute)
     if isinstance(result, str):
-        raise ApiError(404, "not_found", result)
+        raise ConceptNotFound(result)  # api/errors.py answers 404
     return result

@@ -1,6 +1,7 @@
 """POST /v1/feedback: a trainer's concept-loss report (write scope), stored as
-``engine.s3dit.concept_loss.send_feedback`` stores it, so the stage's next manifest is reweighted
-(and gets a new id: the reports are part of its identity)."""
+``engine.s3dit.concept_loss.send_feedback`` stores it (schema.CONCEPT_LOSS: int64 concept ids, null
+for draws without a concept), so the stage's next manifest is reweighted (and gets a new id: the
+reports are part of its identity)."""
 
 from __future__ import annotations
 

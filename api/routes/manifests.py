@@ -8,13 +8,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse
-from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
 from api.auth import ReadScope, WriteScope
 from api.deps import State
 from api.errors import ERROR_RESPONSES, ApiError, ErrorBody
 from api.histogram import weight_histogram
 from api.manifests import Build
+from api.ranges import MalformedRange, UnsatisfiableRange, parse_range
 from api.schemas import (
     MANIFEST_ID_PATTERN,
     STAGE_PATTERN,
@@ -130,17 +130,14 @@ def get_manifest_data(manifest_id: ManifestId, request: Request, state: State) -
         raise ApiError(404, "not_found", f"no manifest {manifest_id}") from None
     http_range = request.headers.get("range")
     if http_range is not None:
-        # Starlette's FileResponse serves ranges (206, multipart for several) but answers bad ones in
-        # plain text: check them first with its own parser so every error is our JSON shape.
+        # FileResponse serves ranges (206, multipart for several) but answers bad ones in plain
+        # text: check them first (api/ranges.py, the stricter parser), so every error is our JSON.
         try:
-            FileResponse._parse_range_header(http_range, size)
-        except MalformedRangeHeader as e:
-            raise ApiError(400, "bad_range", e.content) from None
-        except RangeNotSatisfiable:
+            parse_range(http_range, size)
+        except MalformedRange as e:
+            raise ApiError(400, "bad_range", str(e)) from None
+        except UnsatisfiableRange as e:
             raise ApiError(
-                416,
-                "range_not_satisfiable",
-                f"the file has {size} bytes",
-                {"Content-Range": f"bytes */{size}"},
+                416, "range_not_satisfiable", str(e), {"Content-Range": f"bytes */{size}"}
             ) from None
     return FileResponse(path, media_type=PARQUET, filename=f"{build.stage}-{build.id}.parquet")

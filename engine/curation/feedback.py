@@ -7,10 +7,10 @@ The Active Curation Engine (DESIGN.md section 4) closes the loop between trainin
   a stage into one multiplier per concept, DoReMi-style (Xie et al. 2023): concepts whose loss
   stays above the others get a larger share of the next manifest, bounded so that no concept
   takes over or disappears.
-- A user who found candidates for a gap (``engine.gaps``) up-weights them with
+- A user who found candidates for a gap (``engine.curation.gaps``) up-weights them with
   :func:`write_boost` (files ``boosts/<stage>/<hash>.parquet``); :func:`read_boosts` folds them.
 
-The manifest builder (engine/manifest.py) multiplies a sample's weight by
+The manifest builder (engine/curation/manifest.py) multiplies a sample's weight by
 :func:`sample_multipliers` and its boost, and puts both fingerprints in the manifest id, so a new
 report or a new boost gives a new manifest.
 """
@@ -36,7 +36,8 @@ EXCESS_CLIP = 3.0  # a z-score beyond 3 is an outlier report, not a stronger sig
 EPS = 1e-6  # std of equal losses is 0: the excess is then 0/eps = 0, not 0/0
 TOP = 5  # concepts listed at each end in the summary
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a stage is one path component
-_ID = re.compile(r"^[0-9]{1,18}$")  # concept ids are non-negative int64 (18 digits always fit)
+# A concept id as an older trainer wrote it (a string): non-negative, 18 digits always fit in int64.
+_LEGACY_ID = r"^[0-9]{1,18}$"
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,6 @@ class FeedbackState:
 
 
 # --- concept multipliers ------------------------------------------------------------------------
-
-
-def _parse_ids(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(valid mask, int64 ids with 0 where invalid) of the trainer's string concept ids."""
-    valid = np.array([bool(_ID.match(v or "")) for v in values], dtype=bool)
-    ids = np.array([int(v) if ok else 0 for v, ok in zip(values, valid, strict=True)], dtype=np.int64)
-    return valid, ids
 
 
 def _report_losses(ids: np.ndarray, samples: np.ndarray, losses: np.ndarray, min_samples: int):
@@ -100,8 +94,11 @@ def concept_multipliers(
         a        = clip(a, 1 / cap, cap)
 
     and log a is carried to the next report. A report with one eligible concept has no signal
-    (excess 0). Rows with concept_id "" (draws without a concept) or a non-integer id are skipped
-    and counted. Concepts never counted keep multiplier 1 and are not returned.
+    (excess 0). Rows with a null concept_id (draws without a concept) are skipped and counted.
+    Concepts never counted keep multiplier 1 and are not returned.
+
+    Args:
+        reports: rows of schema.CONCEPT_LOSS (int64 concept ids).
 
     Returns:
         (concept_ids int64 sorted, multipliers float64, summary) where summary is
@@ -110,7 +107,8 @@ def concept_multipliers(
     """
     if reports.num_rows:
         reports = reports.sort_by([("step", "ascending")])  # stable: rows keep their order within a step
-    valid, ids = _parse_ids(reports["concept_id"].to_pylist())
+    valid = np.asarray(reports["concept_id"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    ids = reports["concept_id"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     steps = reports["step"].to_numpy(zero_copy_only=False).astype(np.int64)
     samples = reports["samples"].fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
     losses = reports["loss_mean"].fill_null(np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -166,16 +164,26 @@ def _read_files(ws: Workspace, rel_dir: str, names: list[str]) -> tuple[list[pa.
     return tables, (digest.hexdigest() if names else "")
 
 
+def _as_report(table: pa.Table) -> pa.Table:
+    """A report file as schema.CONCEPT_LOSS. An older trainer wrote string concept ids ("" for draws
+    without a concept): digits become the int64 id, anything else null, so old workspaces still work."""
+    ids = table["concept_id"]
+    if pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type):
+        digits = pc.match_substring_regex(ids, _LEGACY_ID)
+        ids = pc.if_else(digits, ids, pa.scalar(None, ids.type)).cast(pa.int64())
+        table = table.set_column(table.schema.get_field_index("concept_id"), "concept_id", ids)
+    return table.cast(schema.CONCEPT_LOSS)
+
+
 def stage_feedback(ws: Workspace, stage: str, config: FeedbackConfig = FeedbackConfig()) -> FeedbackState:
-    """Every trainer report of ``stage`` folded into concept multipliers (:func:`concept_multipliers`)."""
+    """Every trainer report of ``stage`` folded into concept multipliers (:func:`concept_multipliers`);
+    reports written with string concept ids by an older trainer are read too (:func:`_as_report`)."""
     rel_dir = f"{ws.feedback}/{_check_stage(stage)}"
     # File names are the step, zero-padded: sort by number so a step past 10**9 still comes last.
     names = sorted(ws.list_files(rel_dir, ".parquet"), key=lambda n: (int(n.split(".")[0]), n))
     tables, fingerprint = _read_files(ws, rel_dir, names)
     reports = (
-        pa.concat_tables([t.cast(schema.CONCEPT_LOSS) for t in tables])
-        if tables
-        else schema.CONCEPT_LOSS.empty_table()
+        pa.concat_tables([_as_report(t) for t in tables]) if tables else schema.CONCEPT_LOSS.empty_table()
     )
     concept_ids, multipliers, summary = concept_multipliers(reports, config)
     return FeedbackState(concept_ids, multipliers, summary, fingerprint)

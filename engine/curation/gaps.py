@@ -1,10 +1,10 @@
 """Filling gaps: pool samples outside a manifest that fit a concept or a failure description.
 
-The paper's Active Curation loop: the trainer's feedback (``engine.feedback``) or a user names what
-the model gets wrong ("lorikeets", "hands holding a cup"); cross-modal retrieval over the
-workspace's image index finds images that fit, the concept graph adds the samples tagged with
-the concept or anything below it, and the user boosts the good ones (``engine.feedback.write_boost``)
-into the next manifest.
+The paper's Active Curation loop: the trainer's feedback (``engine.curation.feedback``) or a
+user names what the model gets wrong ("lorikeets", "hands holding a cup"); cross-modal retrieval
+over the workspace's image index finds images that fit, the concept graph adds the samples tagged
+with the concept or anything below it, and the user boosts the good ones
+(``engine.curation.feedback.write_boost``) into the next manifest. Writes nothing.
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ def gap_candidates(
     with ``embedder`` (default: the embedded default model, which must be the index's model) and
     searched against the workspace's image index (cross-modal text->image retrieval), widening the
     search until ``k`` samples outside ``exclude`` are found or the index is exhausted. With a
-    concept, the samples tagged with it or any concept below it (``engine.graph.subtree_samples``)
-    that are outside ``exclude`` are added too: the ``k`` most similar of those not retrieved, so
-    at most 2k rows. Only status-ok samples are returned.
+    concept, the samples tagged with it or any concept below it
+    (``engine.graph.concept_queries.subtree_samples``) that are outside ``exclude`` are added too:
+    the ``k`` most similar of those not retrieved, so at most 2k rows. Only status-ok samples are
+    returned.
 
     Returns:
         Columns sample_id, uri, caption, similarity (query . image vector in float32, from the

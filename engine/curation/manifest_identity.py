@@ -45,6 +45,8 @@ FOOTER_BYTES = 65536  # the tail of a Parquet file: its footer (schema, row grou
 # so a fixed or changed rule gives new manifest ids instead of returning files the old code wrote.
 MANIFEST_CODE = (
     "manifest.py",
+    "manifest_weights.py",
+    "manifest_assembly.py",
     "manifest_identity.py",
     "pool.py",
     "captions.py",
@@ -99,7 +101,7 @@ def make_manifest_id(identity: dict) -> str:
 
 
 def feedback_config(recipe: Recipe) -> FeedbackConfig:
-    """The recipe's [feedback] step as engine.feedback's config."""
+    """The recipe's [feedback] step as engine.curation.feedback's config."""
     f = recipe.feedback
     return FeedbackConfig(step_size=f.step_size, smoothing=f.smoothing, cap=f.cap, min_samples=f.min_samples)
 

@@ -1,4 +1,5 @@
-"""Finding, reading and comparing the manifests a workspace holds (``WS/manifests/<stage>/<id>``)."""
+"""Finding, reading and comparing the manifests a workspace holds (``WS/manifests/<stage>/<id>``),
+and the recipe a manifest's sidecar holds (:func:`sidecar_recipe`). Writes nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.curation.manifest import ManifestError, summarize_values
+from engine.curation.manifest import ManifestError
+from engine.curation.manifest_assembly import summarize_values
+from engine.curation.recipe import Recipe, parse_recipe
 from engine.workspace import Workspace
 
 
@@ -53,6 +56,21 @@ def find_manifest(ws: Workspace, manifest_id: str) -> tuple[str, dict]:
         )
     m = matches[0]
     return m["path"], json.loads(ws.read_text(f"{ws.manifests}/{m['stage']}/{m['manifest_id']}.json"))
+
+
+def sidecar_recipe(sidecar: dict, where: str) -> Recipe:
+    """The recipe a sidecar holds, its filters in the order the build applied them.
+
+    The sidecar's JSON sorts its keys, so its recipe lists the filters by name; the filters' order
+    decides the per-filter counts and the order of the score columns, and ``counts.filters`` kept
+    it. A rebuild from the sidecar (the trainer's refresh) thus writes the same bytes as a build
+    from the recipe file.
+    """
+    data = dict(sidecar["recipe"])
+    applied = [c["filter"] for c in sidecar.get("counts", {}).get("filters", [])]
+    if sorted(applied) == sorted(data.get("filters", {})):
+        data["filters"] = {name: data["filters"][name] for name in applied}
+    return parse_recipe(data, where)
 
 
 def read_manifest_table(ws: Workspace, manifest_id: str) -> pa.Table:

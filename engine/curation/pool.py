@@ -1,13 +1,19 @@
 """The pool a manifest is built from: every usable sample with the columns its recipe reads.
 
+Owns the pool's column vocabulary: the catalog's ``signals`` view (``engine.schema.signals_view``),
+the samples' ``source_kind``, the near-duplicate community (``dedup``) and three columns derived
+from the others (:data:`DERIVED`). The ones a recipe may filter or tilt on are
+:data:`FILTER_COLUMNS`, by kind: :data:`NUMERIC_COLUMNS`, :data:`BOOL_COLUMNS`, :data:`TEXT_COLUMNS`.
+
 ``load_pool`` reads each table once (only the columns needed) and joins them on sample_id by a
 binary search over 64-bit id prefixes (``align``); ``pool_concepts`` turns the ``tags`` of the
-recipe's sources into :class:`~engine.curation.concept_sets.ConceptSets`.
+recipe's sources into :class:`~engine.curation.concept_sets.ConceptSets`. Writes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -15,9 +21,11 @@ import pyarrow.compute as pc
 
 from engine import schema
 from engine.curation.concept_sets import ConceptSets
-from engine.curation.recipe import BOOL_COLUMNS, TAG_SOURCES, Recipe
 from engine.curation.sampling import id_keys
 from engine.workspace import Workspace
+
+if TYPE_CHECKING:  # recipe.py checks its columns against this module's vocabulary
+    from engine.curation.recipe import Recipe
 
 # Where each pool column comes from: a table keyed by sample_id (columns of the catalog's
 # ``signals`` view, DESIGN.md section 3), or derived from other pool columns.
@@ -25,10 +33,37 @@ POOL_SOURCES: dict[str, str] = {name: "signals" for name in schema.SIGNALS.names
 POOL_SOURCES |= {name: table for table, names in schema.SIGNAL_COLUMNS.items() for name in names}
 POOL_SOURCES |= {"community_id": "dedup", "is_representative": "dedup", "source_kind": "samples"}
 
-DERIVED = {"min_side", "pixels", "has_ocr_text"}
+# Columns load_pool computes from the others, with the types it gives them.
+DERIVED = pa.schema(
+    [
+        ("min_side", pa.int32()),  # min(width, height): the side a bucket upscales most
+        ("pixels", pa.int64()),  # width * height (int64: 50k x 50k overflows int32)
+        ("has_ocr_text", pa.bool_()),  # ocr_text is not "": the OCR found text
+    ]
+)
+
+
+def _comparable(field: pa.Field) -> bool:
+    """A column a filter compares with a number, a bool or a string: not a list, not the pHash
+    (a 64-bit hash: its order means nothing), not an id."""
+    return field.name not in ("sample_id", "image_id", "phash") and not pa.types.is_list(field.type)
+
+
+# Every pool column a recipe may filter or tilt on, with its Arrow type.
+FILTER_COLUMNS = pa.schema(
+    [f for f in schema.signals_view() if _comparable(f)]
+    + list(DERIVED)
+    + [schema.SAMPLES.field("source_kind")]
+)
+NUMERIC_COLUMNS = tuple(
+    f.name for f in FILTER_COLUMNS if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)
+)
+BOOL_COLUMNS = tuple(f.name for f in FILTER_COLUMNS if pa.types.is_boolean(f.type))
+TEXT_COLUMNS = tuple(f.name for f in FILTER_COLUMNS if pa.types.is_string(f.type))
 
 
 def needs_ocr_text(recipe: Recipe) -> bool:
+    """Whether the recipe's captions use the OCR text (the ocr or enhanced form)."""
     return any(form in ("ocr", "enhanced") and p > 0 for form, p in recipe.caption.forms)
 
 
@@ -108,7 +143,7 @@ def load_pool(ws: Workspace, recipe: Recipe) -> tuple[pa.Table, ConceptSets, dic
     wanted += ["ocr_text"] if "has_ocr_text" in wanted else []
     by_table: dict[str, list[str]] = {}
     for name in dict.fromkeys(wanted):
-        if name not in DERIVED and POOL_SOURCES[name] != "samples":
+        if name not in DERIVED.names and POOL_SOURCES[name] != "samples":
             by_table.setdefault(POOL_SOURCES[name], []).append(name)
     for table_name, names in by_table.items():
         table = ws.read_table(table_name, ["sample_id", *names])
@@ -140,7 +175,7 @@ def pool_concepts(ws: Workspace, recipe: Recipe, index: PoolIndex) -> ConceptSet
     mapped to their ancestors at ``concepts.depth`` (a shallower concept stays itself)."""
     cfg = recipe.concepts
     chosen = pc.field("score") >= cfg.min_score
-    if set(cfg.sources) != set(TAG_SOURCES):
+    if set(cfg.sources) != set(schema.TAG_SOURCES):
         chosen &= pc.field("source").isin(list(cfg.sources))
     tags = ws.read_table("tags", ["sample_id", "concept_id"], chosen)  # filtered while scanning
     if cfg.depth > 0 and tags.num_rows:

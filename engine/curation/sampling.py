@@ -31,7 +31,7 @@ _SPLITMIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
 
 _SPLITMIX_M2 = np.uint64(0x94D049BB133111EB)
 
-_HEX_ID_CHARS = 32  # engine.ingest ids: blake2b-128 hex digests
+_HEX_ID_CHARS = 32  # engine.profiling.ingest ids: blake2b-128 hex digests
 
 
 def range_mask(values: np.ndarray, minimum=None, maximum=None, missing: str = "keep") -> np.ndarray:
@@ -93,9 +93,9 @@ def keyed_uniform(sample_ids: pa.Array | pa.ChunkedArray, seed: int, salt: str) 
     """float64 in [0, 1), one per sample, a function of (sample_id, seed, salt) only.
 
     Independent of row order and of the other rows, so a sample's draw is stable when the pool
-    grows. ``h`` = the id's first 16 hex digits as uint64 when the id is 32 hex digits (engine.ingest's
-    blake2b ids; either case), else the first 8 bytes (big-endian) of ``blake2b(id)``;
-    integer ids are used as they are. Then ``u = splitmix64(h XOR k) >> 11 / 2**53`` with
+    grows. ``h`` = the id's first 16 hex digits as uint64 when the id is 32 hex digits
+    (engine.profiling.ingest's blake2b ids; either case), else the first 8 bytes (big-endian) of
+    ``blake2b(id)``; integer ids are used as they are. Then ``u = splitmix64(h XOR k) >> 11 / 2**53`` with
     ``k = blake2b-64(f"{seed}\\x00{salt}")``. Arrays of hex ids are parsed from the Arrow data
     buffer without a Python loop (10M ids in well under 2 s); any other string id sends its chunk
     down a per-id ``hashlib`` loop (slow path, ~1 us per id).

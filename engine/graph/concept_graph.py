@@ -50,7 +50,8 @@ MINED_ID_BASE = 1 << 40
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """How the base graph is pruned. Defaults keep 43.1k of WordNet's 82.1k noun synsets (README)."""
+    """How the base graph is pruned. Defaults keep 43.1k of WordNet's 82.1k noun synsets
+    (docs/engines/graph.md)."""
 
     # Roots of the visual filter; see the module docstring for why each is in.
     visual_roots: tuple[str, ...] = (
@@ -90,7 +91,7 @@ class PruneResult:
 
 
 def load_wordnet_tables(data_dir: str = DATA_DIR) -> tuple[pa.Table, pa.Table]:
-    """The committed WordNet concept and edge tables (see ``engine.wordnet``)."""
+    """The committed WordNet concept and edge tables (see ``engine.graph.wordnet``)."""
     concepts = pq.read_table(os.path.join(data_dir, "wordnet_concepts.parquet"))
     edges = pq.read_table(os.path.join(data_dir, "wordnet_edges.parquet"))
     return concepts, edges

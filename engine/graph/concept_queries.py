@@ -1,27 +1,47 @@
 """Questions about a workspace's concepts, answered over the catalog (``engine.catalog``).
 
 ``resolve_concept`` turns an id or a synset name into a concept id (the one resolver the CLI, the
-API and ``engine.curation.gaps`` share); ``concept_neighbourhood`` gives a concept with its parents,
-children, siblings, parts and wholes and their sample counts; ``subtree_samples`` the samples
-tagged with a concept or anything below it; ``representation_gaps`` the concepts ranked from most
-over- to most under-represented against a prior; ``search_concepts`` concepts by name.
+API and ``engine.curation.gaps`` share; ``ConceptNotFound`` when the graph lacks it);
+``concept_neighbourhood`` gives a concept with its parents, children, siblings, parts and wholes and
+their sample counts; ``subtree_samples`` the samples tagged with a concept or anything below it;
+``representation_gaps`` the concepts ranked from most over- to most under-represented against a
+prior; ``search_concepts`` concepts by name.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow as pa
 
+if TYPE_CHECKING:
+    import duckdb
 
-def resolve_concept(con, concept: str | int) -> int:
-    """A concept id from an id or a synset name; ValueError naming it when the graph lacks it."""
-    if isinstance(concept, int) or str(concept).isdigit():
-        rows = con.sql(
-            "SELECT concept_id FROM concepts WHERE concept_id = ?", params=[int(concept)]
-        ).fetchall()
-    else:
-        rows = con.sql("SELECT concept_id FROM concepts WHERE synset = ?", params=[str(concept)]).fetchall()
+    from engine.workspace import Workspace
+
+MAX_CONCEPT_ID = 2**63 - 1  # concept ids are int64 (schema.CONCEPTS): a larger one names no concept
+
+
+class ConceptNotFound(ValueError):
+    """The workspace's graph has no such concept (the API answers 404)."""
+
+
+def resolve_concept(con: duckdb.DuckDBPyConnection, concept: str | int) -> int:
+    """A concept id from an id (an int or a string of digits) or a synset name.
+
+    Raises:
+        ConceptNotFound: the graph lacks it (an id outside int64 included).
+    """
+    text = str(concept)
+    rows = []
+    if not (text.isascii() and text.isdigit()):
+        rows = con.sql("SELECT concept_id FROM concepts WHERE synset = ?", params=[text]).fetchall()
+    elif int(text) <= MAX_CONCEPT_ID:
+        rows = con.sql("SELECT concept_id FROM concepts WHERE concept_id = ?", params=[int(text)]).fetchall()
     if not rows:
-        raise ValueError(f"concept {concept!r} is not in this workspace's graph (run 'zcurate tag' first?)")
+        raise ConceptNotFound(
+            f"concept {concept!r} is not in this workspace's graph (run 'zcurate tag' first?)"
+        )
     return rows[0][0]
 
 
@@ -30,7 +50,7 @@ _COUNTED = """
     FROM concepts c JOIN concept_counts n USING (concept_id)"""
 
 
-def concept_neighbourhood(ws, concept: str | int) -> dict:
+def concept_neighbourhood(ws: Workspace, concept: str | int) -> dict:
     """A concept with its parents, children and siblings (is_a/instance_of), each with counts.
 
     Siblings are the other children of its parents. ``part_of`` neighbours come separately as
@@ -77,7 +97,7 @@ def concept_neighbourhood(ws, concept: str | int) -> dict:
         con.close()
 
 
-def subtree_samples(ws, concept: str | int, limit: int | None = 100) -> pa.Table:
+def subtree_samples(ws: Workspace, concept: str | int, limit: int | None = 100) -> pa.Table:
     """Samples tagged with the concept or any descendant: sample_id, caption, uri, the tag that
     put it there (synset, source, score) and its distance below the concept; sorted by sample_id."""
     from engine.catalog import connect_catalog
@@ -102,7 +122,7 @@ def subtree_samples(ws, concept: str | int, limit: int | None = 100) -> pa.Table
         con.close()
 
 
-def representation_gaps(ws, prior: dict[str, float] | None = None, depth: int = 6) -> pa.Table:
+def representation_gaps(ws: Workspace, prior: dict[str, float] | None = None, depth: int = 6) -> pa.Table:
     """Concepts ranked from most over- to most under-represented relative to a target prior.
 
     Args:
@@ -142,6 +162,34 @@ def representation_gaps(ws, prior: dict[str, float] | None = None, depth: int = 
                 weight / totals.w AS target,
                 CASE WHEN totals.n > 0 THEN (n_rollup / totals.n) / (weight / totals.w) ELSE 0 END AS ratio
             FROM gap_base, totals ORDER BY ratio DESC, synset"""
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def search_concepts(ws: Workspace, term: str, limit: int = 20) -> pa.Table:
+    """Concepts whose synset or a lemma contains ``term`` (any case; spaces match underscores, as
+    in lemma names): exact names first (the synset's word is the term), then the most samples
+    (rolled up), then by synset.
+
+    Returns rows of concept_id, synset, depth, n_direct, n_rollup; at most ``limit``.
+
+    Raises:
+        ValueError: the term is empty or only spaces.
+    """
+    from engine.catalog import connect_catalog
+
+    term = term.strip().lower().replace(" ", "_")
+    if not term:
+        raise ValueError("the search term is empty")
+    con = connect_catalog(ws)
+    try:
+        return con.sql(
+            "SELECT n.concept_id, n.synset, n.depth, n.n_direct, n.n_rollup FROM concept_counts n "
+            "JOIN concepts c USING (concept_id) "
+            "WHERE contains(lower(n.synset), ?) OR contains(lower(array_to_string(c.lemmas, ' ')), ?) "
+            "ORDER BY split_part(n.synset, '.', 1) <> ?, n.n_rollup DESC, n.synset LIMIT ?",
+            params=[term, term, term, limit],
         ).to_arrow_table()
     finally:
         con.close()

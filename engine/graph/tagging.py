@@ -7,9 +7,28 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from dataclasses import dataclass, field
 
-from engine.graph.matching import SOURCE_CAPTION, SOURCE_OCR, build_matcher, tag_texts, tags_table
+from tqdm import tqdm
+
+from engine import schema
+from engine.graph.concept_graph import (
+    GraphConfig,
+    add_mined_concept,
+    load_graph,
+    prune_graph,
+    write_workspace_graph,
+)
+from engine.graph.matching import (
+    SOURCE_CAPTION,
+    SOURCE_OCR,
+    ConceptMatcher,
+    build_matcher,
+    tag_texts,
+    tags_table,
+)
 from engine.graph.mining import (
     attach_by_cooccurrence,
     attach_by_embedding,
@@ -24,7 +43,7 @@ from engine.graph.zero_shot import clip_tags, load_clip_embedder
 
 @dataclass(frozen=True)
 class TagConfig:
-    """How a workspace is tagged; see the module docstring and README ("Concept graph")."""
+    """How a workspace is tagged; see the module docstring and docs/engines/graph.md."""
 
     # A caption word WordNet lacks becomes a concept once this many samples use it: rarer words
     # are mostly typos and names (openclipart: 72 terms pass at 5, among them "clipart",
@@ -40,14 +59,14 @@ class TagConfig:
     # "artifact", which are near everything and say nothing.
     min_attach_depth: int = 4
     # CLIP zero-shot: candidates per image before the calibrated threshold (module docstring of
-    # engine.concept_index); 5 covers an object, its scene and a colour or two.
+    # engine.graph.concept_index); 5 covers an object, its scene and a colour or two.
     clip_top_k: int = 5
     # The calibrated threshold is the lowest cosine whose candidates the text tags confirm at
     # least this often; 0.5 = at least every second clip tag agrees with the caption's own
     # concepts (a lower bound: captions leave things out).
     clip_min_precision: float = 0.5
     clip: bool = True  # run zero-shot tagging when the workspace has embeddings from this embedder
-    embedder: str | None = None  # engine.embed.load_embedder spec (None: the embedded default)
+    embedder: str | None = None  # engine.vectors.model_specs.load_embedder spec (None: the embedded default)
 
 
 @dataclass
@@ -70,46 +89,46 @@ class TagSummary:
 
 def tag_workspace(
     ws,
-    graph_config=None,
+    graph_config: GraphConfig | None = None,
     config: TagConfig | None = None,
     progress: bool | None = None,
 ) -> TagSummary:
     """Tag every usable sample's caption (and OCR text) with concepts; write ``tags`` and the graph.
 
-    Three passes over the captions, so the result depends only on the data and the configs:
-    count caption words WordNet lacks; attach the frequent ones to the graph (by text-embedding
-    similarity when the workspace has embeddings from ``config.embedder``, else by
-    co-occurrence); tag every shard with the grown graph. With embeddings, images then get CLIP
-    zero-shot tags over the concepts the text tags use (``engine.concept_index``). Last,
-    ``engine.graph.write_workspace_graph`` writes the workspace's concept tables, pruned again
-    with PageRank weighted by the observed counts.
+    Passes over the captions, so the result depends only on the data and the configs:
+    ``mine_terms`` counts caption words WordNet lacks; ``attach_terms`` attaches the frequent ones
+    to the graph (by text-embedding similarity when the workspace has embeddings from
+    ``config.embedder``, else by co-occurrence); ``tag_shards`` tags every shard with the grown
+    graph. With embeddings, images then get CLIP zero-shot tags over the concepts the text tags use
+    (``engine.graph.zero_shot``). Last, ``engine.graph.concept_graph.write_workspace_graph`` writes
+    the workspace's concept tables, pruned again with PageRank weighted by the observed counts.
     """
-    import sys
-    import time
-
-    from tqdm import tqdm
-
-    from engine import schema
-    from engine.graph.concept_graph import (
-        GraphConfig,
-        add_mined_concept,
-        load_graph,
-        prune_graph,
-        write_workspace_graph,
-    )
-
     started = time.perf_counter()
     graph_config = graph_config or GraphConfig()
     config = config or TagConfig()
     graph = load_graph()
-    pruned = prune_graph(graph, graph_config)
-    kept = set(pruned.kept)
-    matcher = build_matcher(graph, kept)
-    lexicon = load_lexicon()
+    matcher = build_matcher(graph, set(prune_graph(graph, graph_config).kept))
     shards = ws.list_shards("samples")
     show = sys.stderr.isatty() if progress is None else progress
     summary = TagSummary()
+    terms, fold = mine_terms(ws, shards, matcher, config, show)
+    embedder, summary.clip_skipped = load_clip_embedder(ws, config.embedder) if config.clip else (None, "off")
+    if terms:
+        attach_terms(ws, graph, matcher, shards, terms, fold, embedder, config, summary)
+    vocabulary = tag_shards(ws, shards, matcher, summary, show)
+    if embedder is not None:
+        clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
+    summary.concepts = write_workspace_graph(ws, graph, graph_config)
+    summary.seconds = time.perf_counter() - started
+    return summary
 
+
+def mine_terms(
+    ws, shards: list[str], matcher: ConceptMatcher, config: TagConfig, show: bool
+) -> tuple[dict[str, int], dict[str, str]]:
+    """(the caption words WordNet lacks that enough samples use -> their sample counts, the plural
+    spellings folded into each): the candidates for new concepts, most frequent first."""
+    lexicon = load_lexicon()
     counts: dict[str, int] = {}
     for shard_id in tqdm(shards, desc="tag: mine", unit="shard", disable=not show):
         _, captions, _ = shard_texts(ws, shard_id)
@@ -123,26 +142,32 @@ def tag_workspace(
     frequent = sorted(
         (t for t, n in folded.items() if n >= config.min_mined_samples), key=lambda t: (-folded[t], t)
     )
-    terms = {t: folded[t] for t in frequent[: config.max_mined]}
-    embedder, summary.clip_skipped = load_clip_embedder(ws, config.embedder) if config.clip else (None, "off")
-    if terms:
-        together = cooccurrence(ws, shards, matcher, terms, fold)
-        if embedder is not None:
-            summary.attach_method = "embedding"
-            attached = attach_by_embedding(ws, graph, terms, together, embedder, config)
-        else:
-            summary.attach_method = "cooccurrence"
-            attached = attach_by_cooccurrence(terms, together, config)
-        for term, parent, score in attached:
-            concept_id = add_mined_concept(graph, term, parent, score, summary.attach_method)
-            kept.add(concept_id)
-            summary.mined.append(graph.nodes[concept_id]["synset"])
-            matcher.add_term(term, concept_id)
-            for variant, base in fold.items():  # the plural spellings seen ("cliparts")
-                if base == term and variant != term:
-                    matcher.add_term(variant, concept_id)
+    return {t: folded[t] for t in frequent[: config.max_mined]}, fold
 
-    vocabulary: set[int] = set()  # concepts the text tags use: the zero-shot label set
+
+def attach_terms(
+    ws, graph, matcher: ConceptMatcher, shards, terms, fold, embedder, config: TagConfig, summary
+) -> None:
+    """Add the mined terms to the graph under their parents and teach the matcher their spellings."""
+    together = cooccurrence(ws, shards, matcher, terms, fold)
+    if embedder is not None:
+        summary.attach_method = "embedding"
+        attached = attach_by_embedding(ws, graph, terms, together, embedder, config)
+    else:
+        summary.attach_method = "cooccurrence"
+        attached = attach_by_cooccurrence(terms, together, config)
+    for term, parent, score in attached:
+        concept_id = add_mined_concept(graph, term, parent, score, summary.attach_method)
+        summary.mined.append(graph.nodes[concept_id]["synset"])
+        matcher.add_term(term, concept_id)
+        for variant, base in fold.items():  # the plural spellings seen ("cliparts")
+            if base == term and variant != term:
+                matcher.add_term(variant, concept_id)
+
+
+def tag_shards(ws, shards: list[str], matcher: ConceptMatcher, summary: TagSummary, show: bool) -> set[int]:
+    """Write each shard's caption and OCR tags; returns the concepts they use (the zero-shot labels)."""
+    vocabulary: set[int] = set()
     for shard_id in tqdm(shards, desc="tag", unit="shard", disable=not show):
         sample_ids, captions, ocr = shard_texts(ws, shard_id)
         rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
@@ -155,11 +180,7 @@ def tag_workspace(
         summary.tags += len(rows)
         for r in rows:
             summary.by_source[r["source"]] = summary.by_source.get(r["source"], 0) + 1
-    if embedder is not None:
-        clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
-    summary.concepts = write_workspace_graph(ws, graph, graph_config)
-    summary.seconds = time.perf_counter() - started
-    return summary
+    return vocabulary
 
 
 def tags_up_to_date(ws) -> bool:

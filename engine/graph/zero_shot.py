@@ -38,7 +38,7 @@ def load_clip_embedder(ws, embedder_spec: str | None) -> tuple[object | None, st
 
 
 def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summary) -> None:
-    """Zero-shot ``clip`` tags for every sample with an image vector (``engine.concept_index``)."""
+    """Zero-shot ``clip`` tags for every sample with an image vector (``engine.graph.concept_index``)."""
     from engine import schema
     from engine.graph.concept_graph import ancestor_distances
     from engine.graph.concept_index import build_concept_index, calibrate_threshold

@@ -329,6 +329,16 @@ def ingest_record(raw: RawRecord, source_key: str, cfg: IngestConfig) -> IngestR
 # --- duplicate rows -----------------------------------------------------------------------------
 
 
+def reject_duplicate(sample: dict, kept: str, source_key: str) -> None:
+    """Turn a usable samples row into a rejected duplicate of the row at ``kept`` (shard_id:row_index)."""
+    sample.update(
+        status=schema.STATUS_REJECTED,
+        reject_reason="duplicate_sample",
+        reject_detail=f"same image and caption as {kept}",
+        sample_id=make_rejected_id(source_key, sample["ref"]),
+    )
+
+
 def find_duplicate_rows(samples: pa.Table) -> pa.Table:
     """Usable rows whose sample_id was seen earlier; the earliest (shard_id, row_index) is kept.
 

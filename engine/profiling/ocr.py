@@ -21,12 +21,17 @@ edge pixels is added before detection (see ``read_image``).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
+from engine import schema
+from engine.profiling.image_batch import batch_images
 from engine.profiling.ocr_backends import BACKENDS, PaddleOcrBackend, RapidOcrBackend
 from engine.profiling.ocr_models import MAX_SIDE, MIN_SIDE, OCR_BACKENDS, PAD, OcrConfig, OcrModelError
-from engine.profiling.ocr_signals import OcrLine, OcrResult, text_rows
+from engine.profiling.ocr_signals import OcrLine, OcrResult, ocr_signals, text_rows
 
 
 def load_ocr(config: OcrConfig | None = None) -> PaddleOcrBackend | RapidOcrBackend:
@@ -63,3 +68,30 @@ def read_image(ocr, image: Image.Image, max_side: int = MAX_SIDE) -> OcrResult:
         box = [[round(float(x), 1), round(float(y), 1)] for x, y in points]
         lines.append(OcrLine(text, round(float(score), 4), box))
     return OcrResult(width, height, [line for row in text_rows(lines) for line in row])
+
+
+def ocr_batch(ocr, batch: pa.Table, max_side: int = MAX_SIDE) -> pa.Table:
+    """The ``ocr`` rows of a batch (``schema.IMAGE_BATCH`` in, ``schema.OCR`` out), one per row in
+    order: each distinct image read once, the caption overlap per row. An image the OCR fails on
+    gets a row of nulls (the batch goes on)."""
+    images, image_of_row = batch_images(batch)
+    read: list[OcrResult | None] = []
+    for image in images:
+        try:
+            read.append(read_image(ocr, image, max_side))
+        except Exception:  # one image that breaks the OCR must not fail the shard: nulls
+            read.append(None)
+    rows = []
+    for sample_id, image_id, caption, image in zip(
+        batch["sample_id"].to_pylist(),
+        batch["image_id"].to_pylist(),
+        batch["caption"].to_pylist(),
+        image_of_row.tolist(),
+        strict=True,
+    ):
+        row = {"sample_id": sample_id, "image_id": image_id}
+        if read[image] is not None:
+            with contextlib.suppress(Exception):  # a degenerate box must not fail the shard either
+                row.update(ocr_signals(read[image], caption))
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=schema.OCR)

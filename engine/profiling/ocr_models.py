@@ -24,7 +24,7 @@ from pathlib import Path
 
 OCR_BACKENDS = ("paddleocr", "rapidocr")
 
-# Chosen by bench/bench_ocr.py (README, "OCR"): on the same models RapidOCR read as well or
+# Chosen by bench/bench_ocr.py (docs/benchmarks.md, "OCR"): on the same models RapidOCR read as well or
 # better on every group of the 240-image set (exact lines 0.894 vs 0.888, CER 0.0445 vs 0.0478)
 # at about the same images/s, and loads in ~1-2.5 s where PaddleOCR needs ~25 s (importing paddle).
 DEFAULT_BACKEND = "rapidocr"

@@ -31,8 +31,11 @@ from functools import cache
 
 import imagehash
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
+from engine import schema
+from engine.profiling.image_batch import batch_images, image_info, image_rows
 from engine.profiling.ingest import ImageInfo
 
 ANALYSIS_SIDE = 512  # px: blur/colour/entropy are stable under this downscale, and decoding, not
@@ -172,3 +175,24 @@ def profile_caption(caption: str) -> dict:
         "caption_lang_prob": prob,
         "caption_has_cjk": bool(_CJK.search(caption)),
     }
+
+
+def profile_batch(batch: pa.Table) -> pa.Table:
+    """The ``signals`` rows of a batch (``schema.IMAGE_BATCH`` in, ``schema.SIGNALS`` out), one per
+    row in order; the image signals are computed once per distinct image."""
+    images, image_of_row = batch_images(batch)
+    first, _ = image_rows(batch)
+    per_image = [
+        profile_image(image, image_info(batch, int(row))) for image, row in zip(images, first, strict=True)
+    ]
+    rows = [
+        {"sample_id": sample_id, "image_id": image_id, **per_image[image], **profile_caption(caption)}
+        for sample_id, image_id, caption, image in zip(
+            batch["sample_id"].to_pylist(),
+            batch["image_id"].to_pylist(),
+            batch["caption"].to_pylist(),
+            image_of_row.tolist(),
+            strict=True,
+        )
+    ]
+    return pa.Table.from_pylist(rows, schema=schema.SIGNALS)

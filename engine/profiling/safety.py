@@ -16,6 +16,10 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+
+from engine import schema
+from engine.profiling.image_batch import batch_images
 
 NSFW_MODEL_FILE = "open-nsfw.onnx"
 NSFW_BATCH = 16  # images per onnxruntime call: ResNet-50 at 224 px, ~10 MB of input
@@ -89,35 +93,25 @@ def load_nsfw_model(path: str | None = None, threads: int | None = None) -> Nsfw
     return NsfwModel(session, path)
 
 
-class ShardSafety:
-    """Collects one shard's images and returns its ``safety`` rows (one score per image_id)."""
-
-    def __init__(self, model: NsfwModel):
-        self.model = model
-        self.rows: list[tuple[str, str]] = []  # (sample_id, image_id) in add order
-        self.inputs: dict[str, np.ndarray | None] = {}  # image_id -> preprocessed (None: failed)
-
-    def add(self, sample_id: str, image_id: str, image) -> None:
-        self.rows.append((sample_id, image_id))
-        if image_id not in self.inputs:
-            try:
-                self.inputs[image_id] = self.model.preprocess(image)
-            except Exception:  # one bad image gets a null score; the shard goes on
-                self.inputs[image_id] = None
-
-    def finish(self):
-        """The shard's rows, in add order, as a ``safety`` table."""
-        import pyarrow as pa
-
-        from engine import schema
-
-        ids = [i for i, x in self.inputs.items() if x is not None]
-        scores = dict(zip(ids, self.model.score_arrays([self.inputs[i] for i in ids]), strict=True))
-        return pa.table(
-            {
-                "sample_id": [s for s, _ in self.rows],
-                "image_id": [i for _, i in self.rows],
-                "nsfw_score": pa.array([scores.get(i) for _, i in self.rows], pa.float32()),
-            },
-            schema=schema.SAFETY,
-        )
+def nsfw_batch(model: NsfwModel, batch: pa.Table) -> pa.Table:
+    """The ``safety`` rows of a batch (``schema.IMAGE_BATCH`` in, ``schema.SAFETY`` out), one per row
+    in order: P(nsfw) once per distinct image, null for an image that fails to preprocess."""
+    images, image_of_row = batch_images(batch)
+    inputs: list[np.ndarray | None] = []
+    for image in images:
+        try:
+            inputs.append(model.preprocess(image))
+        except Exception:  # one bad image gets a null score; the batch goes on
+            inputs.append(None)
+    scored = [i for i, x in enumerate(inputs) if x is not None]
+    scores = np.full(len(images), np.nan, dtype=np.float32)
+    scores[scored] = model.score_arrays([inputs[i] for i in scored])
+    per_row = scores[image_of_row]
+    return pa.table(
+        {
+            "sample_id": batch["sample_id"],
+            "image_id": batch["image_id"],
+            "nsfw_score": pa.array(per_row, pa.float32(), mask=np.isnan(per_row)),
+        },
+        schema=schema.SAFETY,
+    )

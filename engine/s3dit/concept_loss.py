@@ -1,9 +1,11 @@
 """The trainer's report to the engine: flow-matching loss per concept over recent batches.
 
-The Active Curation Engine (DESIGN.md section 4, engine/feedback.py) reweights a stage's next
-manifest from these reports: concepts the model still fails on (high loss) get a larger share.
-The trainer hands every report to :func:`send_feedback`, the one place that talks to the engine;
-today it writes ``feedback/<stage>/<step>.parquet`` in the workspace (schema.CONCEPT_LOSS).
+The Active Curation Engine (DESIGN.md section 4, engine/curation/feedback.py) reweights a stage's
+next manifest from these reports: concepts the model still fails on (high loss) get a larger share.
+Concept ids are the graph's int64 ids of the manifest's ``concept_ids``; draws whose row names no
+concept are reported under a null id. :func:`send_feedback` writes a report to
+``feedback/<stage>/<step>.parquet`` in the workspace (schema.CONCEPT_LOSS);
+``engine.s3dit.service.report_feedback`` sends it to a running service instead when one is named.
 """
 
 from __future__ import annotations
@@ -16,31 +18,32 @@ import pyarrow as pa
 from engine import schema
 from engine.workspace import Workspace
 
-NO_CONCEPT = ""  # the concept_id of draws whose manifest row names no concept
+NO_CONCEPT = None  # the concept_id of draws whose manifest row names no concept (null in the report)
 
 
 def concept_losses(
     stage: str,
     step: int,
     manifest: str,
-    concept_ids: list[list[str]],
+    concept_ids: list[list[int]],
     losses: list[float],
 ) -> pa.Table:
     """Aggregate per-draw losses by concept (a draw counts once for each of its concepts).
 
     Args:
-        concept_ids: for each draw, the concept_ids of its manifest row.
+        concept_ids: for each draw, the int64 concept_ids of its manifest row (may be empty).
         losses: for each draw, its flow-matching loss.
 
     Returns:
-        One row per concept, sorted by concept_id (schema.CONCEPT_LOSS).
+        One row per concept, the null concept (draws without one) first, then by concept_id
+        (schema.CONCEPT_LOSS).
     """
-    by_concept: dict[str, list[float]] = defaultdict(list)
+    by_concept: dict[int | None, list[float]] = defaultdict(list)
     for concepts, loss in zip(concept_ids, losses, strict=True):
-        for concept in set(concepts) or {NO_CONCEPT}:
+        for concept in {int(c) for c in concepts} or {NO_CONCEPT}:
             by_concept[concept].append(float(loss))
     rows = []
-    for concept in sorted(by_concept):
+    for concept in sorted(by_concept, key=lambda c: (c is not None, c or 0)):
         values = np.asarray(by_concept[concept], dtype=np.float64)
         rows.append(
             {

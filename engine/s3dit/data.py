@@ -1,23 +1,28 @@
 """Training data from a stage manifest only: weighted epochs, repeat caps, resolution buckets.
 
 A manifest (DESIGN.md section 4; written by the Active Curation Engine) is a Parquet file with
-one row per sample: ``sample_id, uri, caption, weight, bucket_h, bucket_w, stage, concept_ids``
-and, for the omni stage's image-to-image rows, the source sample (``source_sample_id``,
-``source_uri``): the clean reference image the target is generated from.
+one row per sample (``schema.MANIFEST_ROW``): ``sample_id, uri, caption, weight, bucket_h,
+bucket_w`` (``schema.MANIFEST_REQUIRED``, all a hand-made manifest needs), ``stage``,
+``concept_ids`` (int64 graph ids) and, for the omni stage's image-to-image rows, the source sample
+(``source_sample_id``, ``source_uri``): the clean reference image the target is generated from.
+A manifest from a running service is fetched by ``engine.s3dit.service``. After each loss report
+the trainer follows the stage's newest manifest (:func:`refresh_weights`: the engine rebuilds it
+from the report, or a newer one appears in the stage's folder) and samples by its weights.
 
 Sampling (:class:`ManifestSampler`): each epoch is a weighted random order of the rows without
-replacement (Efraimidis-Spirakis keys ``log(u) / w``), truncated to ``epoch_size`` draws; a row
-that was drawn ``repeat_cap`` times in earlier epochs is not drawn again, so a heavily
-up-weighted sample cannot dominate a long stage. Rows are then grouped into batches of one
-bucket (and one kind: text-to-image or image-to-image), in draw order. Weights may change between
-epochs (trainer feedback); the sampler's state (epoch, position, counts, weights) is saved in the
-checkpoint, so a resumed run draws exactly the batches an uninterrupted one would.
+replacement (``engine.curation.sampling.weighted_order``, the draw a materialised manifest uses
+too), truncated to ``epoch_size`` draws; a row that was drawn ``repeat_cap`` times in earlier
+epochs is not drawn again, so a heavily up-weighted sample cannot dominate a long stage. Rows are
+then grouped into batches of one bucket (and one kind: text-to-image or image-to-image), in draw
+order. Weights may change between epochs (trainer feedback); the sampler's state (epoch, position,
+counts, weights) is saved in the checkpoint, so a resumed run draws exactly the batches an
+uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import urllib.request
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -27,34 +32,50 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
+from engine import schema
+from engine.curation.manifest import ManifestError, build_manifest
+from engine.curation.manifest_store import sidecar_recipe
+from engine.curation.sampling import weighted_order
 from engine.profiling.ingest import Reject, read_sample_image
 from engine.profiling.records import open_filesystem
+from engine.s3dit.service import fetch_manifest
+from engine.workspace import Workspace
 
-REQUIRED_COLUMNS = ("sample_id", "uri", "caption", "weight", "bucket_h", "bucket_w")
-OPTIONAL_COLUMNS = ("stage", "concept_ids", "source_sample_id", "source_uri")
+REQUIRED_COLUMNS = schema.MANIFEST_REQUIRED  # what a hand-made manifest must have
+# The rest of a manifest row; a manifest without one gets it as nulls of the row's type.
+OPTIONAL_COLUMNS = tuple(name for name in schema.MANIFEST_ROW.names if name not in REQUIRED_COLUMNS)
+CONCEPT_IDS = schema.MANIFEST_ROW.field("concept_ids").type  # list<int64>: graph ids, as in tags
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot be trained on (missing columns, no positive weight, bad buckets)."""
+def int_concept_ids(table: pa.Table, location: str) -> pa.Table:
+    """``concept_ids`` as list<int64> (a manifest may store a narrower int list, or nulls only).
 
-
-def fetch_manifest(url: str) -> pa.Table:
-    """A manifest from the REST service: ``GET {url}`` (``.../v1/manifests/ID/data``) with
-    ``ZCURATE_API_KEY`` as the Bearer key; the images its rows name must be readable here too."""
-    headers = {}
-    if os.environ.get("ZCURATE_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['ZCURATE_API_KEY']}"
+    Raises:
+        ManifestError: the ids are not integers (e.g. concept names in a hand-made manifest).
+    """
+    kind = table["concept_ids"].type
+    if kind == CONCEPT_IDS:
+        return table
+    ints = (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and pa.types.is_integer(kind.value_type)
+    if not (ints or pa.types.is_null(kind)):
+        raise ManifestError(
+            f"manifest {location!r}: concept_ids must be lists of int64 graph concept ids, not {kind}"
+        )
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=600) as response:
-            data = response.read()
-    except (OSError, ValueError) as e:  # URLError/HTTPError are OSErrors
-        raise ManifestError(f"cannot fetch manifest {url!r}: {e}") from None
-    return pq.read_table(pa.BufferReader(data))
+        column = table["concept_ids"].cast(CONCEPT_IDS)
+    except pa.ArrowInvalid as e:  # uint64 ids past int64
+        raise ManifestError(f"manifest {location!r}: concept_ids do not fit int64: {e}") from None
+    return table.set_column(table.column_names.index("concept_ids"), "concept_ids", column)
 
 
 def read_manifest(location: str) -> pa.Table:
     """Read a manifest Parquet (local path, pyarrow URI, or the REST service's data URL) and
-    check the columns the loader needs."""
+    check the columns the loader needs.
+
+    Raises:
+        ManifestError: unreadable, a required column missing, non-integer concept_ids, no positive
+            or a negative weight, a bucket that is not positive.
+    """
     try:
         if location.startswith(("http://", "https://")):
             table = fetch_manifest(location)
@@ -68,13 +89,8 @@ def read_manifest(location: str) -> pa.Table:
         raise ManifestError(f"manifest {location!r} lacks column(s): {', '.join(missing)}")
     for name in OPTIONAL_COLUMNS:
         if name not in table.column_names:
-            kind = pa.list_(pa.string()) if name == "concept_ids" else pa.string()
-            table = table.append_column(name, pa.nulls(table.num_rows, kind))
-    concepts = table["concept_ids"]
-    if pa.types.is_list(concepts.type) and not pa.types.is_string(concepts.type.value_type):
-        # The engine's manifests carry int64 graph concept ids; feedback reports them as text.
-        index = table.column_names.index("concept_ids")
-        table = table.set_column(index, "concept_ids", concepts.cast(pa.list_(pa.string())))
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.MANIFEST_ROW.field(name).type))
+    table = int_concept_ids(table, location)
     weights = np.asarray(table["weight"].fill_null(0).to_numpy(zero_copy_only=False), dtype=np.float64)
     if not np.isfinite(weights).all() or (weights < 0).any():
         raise ManifestError(f"manifest {location!r} has negative or non-finite weights")
@@ -120,17 +136,14 @@ class ManifestSampler:
             self.state.weights = self.weights.copy()
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """Row indices of one epoch, weighted without replacement (Efraimidis-Spirakis)."""
-        rng = np.random.default_rng([self.seed, epoch])
-        w = self.state.weights.copy()
+        """Row indices of one epoch, weighted without replacement (``weighted_order``): every row
+        with a positive weight that has not reached the repeat cap, at most ``epoch_size``."""
+        eligible = self.state.weights > 0
         if self.repeat_cap is not None:
-            w[self.state.counts >= self.repeat_cap] = 0.0
-        u = rng.random(len(w))
-        with np.errstate(divide="ignore"):
-            keys = np.where(w > 0, np.log(u) / np.where(w > 0, w, 1.0), -np.inf)  # larger key first
-        order = np.argsort(-keys, kind="stable")
-        order = order[: int((w > 0).sum())]
-        return order if self.epoch_size is None else order[: self.epoch_size]
+            eligible &= self.state.counts < self.repeat_cap
+        rows = np.flatnonzero(eligible)
+        k = len(rows) if self.epoch_size is None else self.epoch_size
+        return weighted_order(self.state.weights, rows, k, self.seed, epoch)
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         """Group an epoch's draws into bucket-pure batches, in draw order; partial batches last."""
@@ -210,7 +223,7 @@ def to_image(x: torch.Tensor) -> Image.Image:
 class Batch:
     sample_ids: list[str]
     captions: list[str]
-    concept_ids: list[list[str]]  # per sample; empty when the manifest has none
+    concept_ids: list[list[int]]  # per sample, int64 graph ids; empty when the manifest has none
     images: torch.Tensor  # (N, 3, H, W) in [-1, 1], H x W the batch's bucket
     refs: torch.Tensor | None  # (N, 3, H, W) reference images of image-to-image rows, else None
     skipped: list[str]  # sample_ids of this draw whose image could not be read
@@ -301,3 +314,45 @@ class ManifestLoader:
                 new[i], n = float(w), n + 1
         self.sampler.set_weights(new)
         return n
+
+
+# --- following the engine: the newest manifest of a stage ----------------------------------------
+
+
+def resolve_manifest(location: str) -> str:
+    """A manifest file, or the newest ``*.parquet`` of a folder (the engine's manifests/<stage>)."""
+    if not os.path.isdir(location):
+        return location
+    found = [os.path.join(location, n) for n in os.listdir(location) if n.endswith(".parquet")]
+    if not found:
+        raise ManifestError(f"no manifest (*.parquet) in {location}")
+    return max(found, key=lambda p: (os.stat(p).st_mtime_ns, p))
+
+
+def rebuild_manifest(ws: Workspace, current: str) -> str | None:
+    """Ask the engine for the stage's manifest again, with the recipe and seed of the current one
+    (from its sidecar, ``<id>.json``): the feedback just sent changes the manifest id, so this
+    writes a new manifest next to the current one. None for a manifest without a sidecar."""
+    sidecar_path = os.path.splitext(current)[0] + ".json"
+    if not os.path.exists(sidecar_path):
+        return None
+    with open(sidecar_path, encoding="utf-8") as f:
+        sidecar = json.load(f)
+    recipe = sidecar_recipe(sidecar, sidecar.get("recipe_file") or sidecar_path)
+    return build_manifest(ws, recipe, seed=sidecar["seed"], size=sidecar["size"]).path
+
+
+def refresh_weights(loader: ManifestLoader, location: str, current: str, ws: Workspace | None = None) -> str:
+    """After a feedback report: rebuild the engine's manifest (when ``current`` has a sidecar) and
+    follow it, or follow a manifest folder where a newer manifest appeared; the loader takes the
+    new weights for the rows it has, from the next epoch on. Returns the file now followed."""
+    rebuilt = rebuild_manifest(ws, current) if ws is not None else None
+    if rebuilt is None and not os.path.isdir(location):
+        return current
+    newest = rebuilt or resolve_manifest(location)
+    if newest != current:
+        table = read_manifest(newest)
+        loader.set_weights_by_id(
+            dict(zip(table["sample_id"].to_pylist(), table["weight"].to_pylist(), strict=True))
+        )
+    return newest

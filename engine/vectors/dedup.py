@@ -15,7 +15,8 @@ Result: table ``dedup`` (one row per usable sample): community_id (the represent
 sample_id), is_representative, nearest_id / nearest_sim (its most similar other image, exact
 cosine). Keeping ``is_representative`` rows removes the duplicates; a recipe decides.
 
-The defaults come from ``scripts/calibrate_dedup.py`` on openclipart copies (README, "Dedup").
+The defaults come from ``scripts/calibrate_dedup.py`` on openclipart copies (docs/engines/vectors.md,
+"Dedup").
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class DedupConfig:
     """Thresholds and knobs of ``dedup_workspace``; see the module docstring for the method."""
 
     threshold: float = 0.90  # image cosine at or above which two images are near-duplicates
-    # (calibrated: scripts/calibrate_dedup.py, README "Dedup")
+    # (calibrated: scripts/calibrate_dedup.py, docs/engines/vectors.md, "Dedup")
     phash_distance: int = 4  # pHash Hamming distance at or below which two images are duplicates;
     # -1 turns the pHash pass off (calibrated likewise)
     k: int = 16  # neighbours per image: a near-duplicate cluster larger than k is still joined
@@ -314,7 +315,7 @@ def load_image_vectors(ws: Workspace, vindex: VectorIndex) -> tuple[np.ndarray, 
 def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSummary:
     """Write table ``dedup`` for every usable sample of ``ws`` (one shard, ``all``).
 
-    Semantic edges need the image index (``engine.index.build_index``); without it only the
+    Semantic edges need the image index (``engine.vectors.index.build_index``); without it only the
     pHash pass runs and nearest_id / nearest_sim stay null.
     """
     config = config or DedupConfig()

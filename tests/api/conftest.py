@@ -35,16 +35,14 @@ def build_workspace(root: str) -> str:
     from engine.profiling.source import load_source
     from engine.vectors.dedup import index_and_dedup
     from engine.workspace import Workspace
-    from pipelines.curate import CurateShard
     from pipelines.stages import EmbedStage
+    from tests.data import run_shards_here
 
     ws = Workspace(root).create()
     source = load_source("openclipart")
     plan = plan_source(ws, source, shard_size=SHARD_SIZE, limit=IMAGES)
     save_source_config(ws, source, IngestConfig())
-    shard = CurateShard(ws, source, plan, IngestConfig(), [EmbedStage()])
-    for index in range(plan.shard_count):
-        shard({"shard": index})
+    run_shards_here(ws, source, plan, [EmbedStage()])
     index_and_dedup(ws)
     # Caption tags only: CLIP zero-shot tagging embeds all ~43k concept names (a minute here)
     # and is covered by tests/pipelines/test_tag_step.py.

@@ -14,7 +14,7 @@ from tests.api.conftest import KEYS, assert_error, auth
 
 JOB = "0" * 32  # a well-formed job id that does not exist
 MANIFEST = "0" * 16  # a well-formed manifest id that does not exist
-REPORT = {"stage": "auth-test", "step": 1, "losses": [{"concept_id": "1", "samples": 4, "loss_mean": 0.5}]}
+REPORT = {"stage": "auth-test", "step": 1, "losses": [{"concept_id": 1, "samples": 4, "loss_mean": 0.5}]}
 ROUTES = [  # method, path, body, scope
     ("GET", "/v1/manifests", None, "read"),
     ("GET", f"/v1/manifests/{MANIFEST}", None, "read"),

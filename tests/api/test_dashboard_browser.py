@@ -7,7 +7,7 @@ detail, a concept search that opens the concept's page, a text and an image sear
 request that completes. Every page must load without a console error, a page error or a request
 leaving 127.0.0.1 (the page must need nothing from the network). Screenshots of each page go to a
 temporary folder (printed), and with ZCURATE_UPDATE_SCREENSHOTS=1 the overview and explorer ones
-also to docs/screenshots/ for the README.
+also to docs/screenshots/ for the README and the docs.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 800}  # a laptop screen; the README's screenshots have this size
+VIEWPORT = {"width": 1280, "height": 800}  # a laptop screen; the docs' screenshots have this size
 WAIT_MS = 90_000  # a page's slowest step here: the first text search loads the embedder (~10 s on 2 cores)
 DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "screenshots")
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from api.main import create_app
+from api.ranges import MAX_RANGES, parse_range
 from engine.workspace import Workspace
 from tests.api.conftest import assert_error, auth, serve, service_settings
 
@@ -170,6 +171,55 @@ def test_range_requests(client, built):
         assert_error(client.get(url, headers={"Range": bad}), 400, "bad_range")
 
 
+# Headers api.ranges.parse_range accepts (a single range each): the parts FileResponse serves.
+SERVED = ["bytes=0-3", "BYTES=5-9", "bytes=-1", "bytes=3-", "bytes=0-99999999999999999999", "bytes= 2-4 ,"]
+
+
+@pytest.mark.parametrize("header", SERVED)
+def test_a_range_is_served_as_the_parser_reads_it(client, built, header):
+    url = f"/v1/manifests/{built['id']}/data"
+    whole = client.get(url).content
+    [(start, stop)] = parse_range(header, len(whole))
+    part = client.get(url, headers={"Range": header})
+    assert part.status_code == 206 and part.content == whole[start:stop]
+    assert part.headers["content-range"] == f"bytes {start}-{stop - 1}/{len(whole)}"
+
+
+@pytest.mark.parametrize(
+    "header, status, code",
+    [
+        ("bytes=-0", 416, "range_not_satisfiable"),
+        ("bytes=0-3,99999999-", 416, "range_not_satisfiable"),  # one range past the end: all refused
+        ("bytes=0-3,abc", 400, "bad_range"),  # FileResponse would skip the part; we refuse the header
+        ("bytes=0 - 3", 400, "bad_range"),
+        ("bytes=-", 400, "bad_range"),
+        ("bytes=,", 400, "bad_range"),
+        ("bytes=0-" + "9" * 5000, 400, "bad_range"),  # a number int() refuses
+    ],
+)
+def test_a_bad_range_is_our_json_error(client, built, header, status, code):
+    response = client.get(f"/v1/manifests/{built['id']}/data", headers={"Range": header})
+    assert_error(response, status, code)
+
+
+def test_several_ranges_come_as_multipart_parts(client, built):
+    url = f"/v1/manifests/{built['id']}/data"
+    whole = client.get(url).content
+    header = "bytes=0-3, 20-29, -4"
+    response = client.get(url, headers={"Range": header})
+    assert response.status_code == 206
+    boundary = response.headers["content-type"].split("boundary=")[1]
+    parts = response.content.split(f"--{boundary}".encode())[1:-1]  # the last one is the closing "--"
+    expected = parse_range(header, len(whole))
+    assert len(parts) == len(expected)
+    for part, (start, stop) in zip(parts, expected, strict=True):
+        head, body = part.split(b"\r\n\r\n", 1)
+        assert f"Content-Range: bytes {start}-{stop - 1}/{len(whole)}".encode() in head
+        assert body == whole[start:stop] + b"\r\n"
+    many = ",".join(f"{i}-{i}" for i in range(MAX_RANGES + 1))
+    assert_error(client.get(url, headers={"Range": f"bytes={many}"}), 400, "bad_range")
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -235,7 +285,7 @@ def test_the_trainer_reads_a_manifest_from_the_service(base_url, built, monkeypa
     monkeypatch.setenv("ZCURATE_API_KEY", KEYS["reader"])
     table = read_manifest(url)
     assert table.num_rows == built["sidecar"]["counts"]["rows"]
-    assert table.schema.field("concept_ids").type == pa.list_(pa.string())  # ids as the loss reports use
+    assert table.schema.field("concept_ids").type == pa.list_(pa.int64())  # ids as the loss reports use
     monkeypatch.delenv("ZCURATE_API_KEY")
     with pytest.raises(ManifestError, match="401"):
         read_manifest(url)

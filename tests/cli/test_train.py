@@ -43,3 +43,40 @@ def test_bad_input_is_one_line(tmp_path):
     assert result.exit_code == 2 and "cannot read manifest" in result.output
     result = runner.invoke(app, ["sample", "--checkpoint", os.path.join(ws, "no.pt"), "--prompt", "x"])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_every_train_config_field_is_an_option(tmp_path, monkeypatch, clipart_rows):
+    """zcurate train's options are TrainConfig's fields (name, default, help), without a second list."""
+    import dataclasses
+
+    import engine.s3dit.train
+    from engine.s3dit.train_config import TrainConfig
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "Example: zcurate train --workspace" in result.output
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in ("workspace", "stages", "manifests"):
+            assert f"--{f.name.replace('_', '-')}" in result.output, f.name
+            assert f.metadata["help"] in result.output, f.name
+    seen = []
+
+    def fake_main(cfg):  # the trainer itself runs in test_train_then_sample_a_grid
+        seen.append(cfg)
+        return {"losses": {}, "skipped": [], "checkpoint": "x", "feedback": [], "refreshed": []}
+
+    monkeypatch.setattr(engine.s3dit.train, "main", fake_main)
+    path = write_manifest(str(tmp_path / "m.parquet"), clipart_rows[:2])
+    args = ["train", "-w", str(tmp_path / "ws"), "--manifest", path, "--betas", "0.8", "0.99"]
+    result = runner.invoke(app, [*args, "--cap-dropout", "0.2", "--no-progress", "--epoch-size", "5"])
+    assert result.exit_code == 0, result.output
+    expected = TrainConfig(
+        workspace=str(tmp_path / "ws"),
+        stages=["lowres"],
+        manifests={"lowres": path},
+        betas=(0.8, 0.99),
+        cap_dropout=0.2,
+        progress=False,
+        epoch_size=5,
+    )
+    assert seen == [expected]

@@ -11,11 +11,10 @@ import pytest
 from engine import schema
 from engine.catalog import dataset_stats, refresh_catalog, run_sql
 from engine.profiling.folder_source import FolderSource
-from engine.profiling.ingest import IngestConfig
 from engine.profiling.plan import plan_source, read_shard_rows
 from engine.workspace import Workspace
-from pipelines.curate import CurateShard, mark_duplicate_rows
-from tests.data import write_noise_folder
+from pipelines.curate import mark_duplicate_rows
+from tests.data import run_shards_here, write_noise_folder
 
 
 def sample_rows(n: int, shard_id: str) -> pa.Table:
@@ -104,8 +103,7 @@ def test_shard_task_and_cross_shard_duplicates(tmp_path):
     ws = Workspace(str(tmp_path / "ws")).create()
     source = FolderSource(folder, 2**30)
     plan = plan_source(ws, source, shard_size=3)
-    task = CurateShard(ws, source, plan, IngestConfig())
-    assert [task({"shard": i})["ok"] for i in range(plan.shard_count)] == [3, 3]
+    assert [result["ok"] for result in run_shards_here(ws, source, plan)] == [3, 3]
     assert mark_duplicate_rows(ws) == 1
     assert mark_duplicate_rows(ws) == 0  # idempotent: a rerun finds nothing left to do
     samples = ws.read_table("samples")
@@ -126,9 +124,7 @@ def test_catalog_views(tmp_path):
     assert run_sql(ws, "SELECT count(*) AS n FROM samples").to_pylist() == [{"n": 0}]  # typed empty tables
     source = FolderSource(folder, 2**30)
     plan = plan_source(ws, source, shard_size=2)
-    task = CurateShard(ws, source, plan, IngestConfig())
-    for i in range(plan.shard_count):
-        task({"shard": i})
+    run_shards_here(ws, source, plan)
     refresh_catalog(ws)
     assert run_sql(ws, "SELECT count(*) AS n FROM sample_signals").to_pylist() == [{"n": 4}]
     assert run_sql(ws, "SELECT * FROM reject_reasons").to_pylist() == [
@@ -158,7 +154,7 @@ def test_a_moved_workspace_rebuilds_its_catalog(tmp_path):
     ws = Workspace(str(tmp_path / "ws")).create()
     source = FolderSource(folder, 2**30)
     plan = plan_source(ws, source, shard_size=5)
-    CurateShard(ws, source, plan, IngestConfig())({"shard": 0})
+    run_shards_here(ws, source, plan)
     refresh_catalog(ws)
     shutil.move(str(tmp_path / "ws"), str(tmp_path / "moved"))
     moved = Workspace(str(tmp_path / "moved"))

@@ -79,14 +79,14 @@ def wait_for_shards(ws: str, n: int, job: subprocess.Popen, timeout: float = 240
 
 
 def wait_until_busy(node, job: subprocess.Popen, timeout: float = 180) -> None:
-    """Until the node's Ray Data actor uses BUSY_CPU_S of CPU per second (it has shards in hand).
-    An actor that goes away meanwhile (Ray Data replaced it) is looked for again."""
+    """Until the node's shard actor (``pipelines.runtime.ShardActor``) uses BUSY_CPU_S of CPU per
+    second (it has shards in hand). An actor that goes away meanwhile is looked for again."""
     deadline = time.time() + timeout
     while True:
         assert job.poll() is None and time.time() < deadline, "the node's actor never got to work"
         for p in node.processes():
             with contextlib.suppress(psutil.Error):
-                if "MapWorker" in p.name():
+                if "ShardActor" in " ".join([p.name(), *p.cmdline()]):
                     before = sum(p.cpu_times()[:2])
                     time.sleep(0.5)
                     if sum(p.cpu_times()[:2]) - before >= BUSY_CPU_S / 2:
@@ -149,7 +149,7 @@ def test_poisoned_shards_fail_alone_and_a_rerun_retries_only_them(tmp_path):
     }
     assert set(records) == poisoned
     assert records[plan.shard_id(1)]["error"] == WORKER_DIED
-    assert "poison stage failed on sample" in records[plan.shard_id(3)]["error"]
+    assert "poison stage failed on a batch" in records[plan.shard_id(3)]["error"]
     assert "cannot decode" in records[plan.shard_id(3)]["error"]
     assert all(r["attempts"] == 3 and r["table"] == "samples" for r in records.values())
     for shard_id in poisoned:

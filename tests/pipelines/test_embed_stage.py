@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from engine.catalog import run_sql
 from engine.profiling.folder_source import FolderSource
@@ -15,7 +16,8 @@ from engine.profiling.ingest import IngestConfig
 from engine.vectors.embedder import vectors
 from engine.workspace import Workspace
 from pipelines.curate import run_curate
-from pipelines.stages import EmbedStage, SafetyStage, StageItem
+from pipelines.stages import EmbedStage, SafetyStage
+from tests.data import image_batch
 from tests.openclipart import heldout_pairs, write_pair_folder
 
 ZCURATE = os.path.join(os.path.dirname(sys.executable), "zcurate")
@@ -28,15 +30,22 @@ def embed_stage():
     return stage
 
 
-def test_embed_stage_rows_vectors_and_scores(embed_stage):
+def test_embed_stage_rows_vectors_and_scores(embed_stage, monkeypatch):
     pairs = heldout_pairs(24)[:6]
-    embed_stage.begin_shard()
-    for sample_id, image_id, caption, image in pairs:
-        embed_stage.add(StageItem(sample_id, image_id, caption, image))
     _, image_id, _, image = pairs[0]
-    embed_stage.add(StageItem("again", image_id, "another caption", image))  # same image, new caption
-    embed_stage.add(StageItem("broken", "bad-image", "a caption", "not an image"))
-    table = embed_stage.finish_shard()
+    odd = Image.new("RGB", (7, 5))
+    real = embed_stage._embedder.preprocess
+
+    def preprocess(picture):  # one image the model cannot take: a null vector, no exception
+        if picture.size == odd.size:
+            raise ValueError("cannot preprocess")
+        return real(picture)
+
+    monkeypatch.setattr(embed_stage._embedder, "preprocess", preprocess)
+    batch = image_batch(
+        [*pairs, ("again", image_id, "another caption", image), ("broken", "bad-image", "a caption", odd)]
+    )  # "again": the same image with a new caption
+    table = embed_stage(batch)
     assert table.schema == embed_stage.schema
     assert table["sample_id"].to_pylist() == [p[0] for p in pairs] + ["again", "broken"]
     assert len(set(table["model_id"].to_pylist())) == 1
@@ -50,9 +59,8 @@ def test_embed_stage_rows_vectors_and_scores(embed_stage):
     assert broken["image_vec"] is None and broken["clip_score"] is None and broken["text_vec"] is not None
 
 
-def test_an_empty_shard_gives_an_empty_table(embed_stage):
-    embed_stage.begin_shard()
-    table = embed_stage.finish_shard()
+def test_an_empty_batch_gives_an_empty_table(embed_stage):
+    table = embed_stage(image_batch([]))
     assert table.num_rows == 0 and table.schema == embed_stage.schema
 
 
@@ -117,10 +125,8 @@ def test_the_catalog_builds_before_and_after_the_first_embeddings_shard(tmp_path
     ws = Workspace(str(tmp_path / "ws")).create()
     refresh_catalog(ws)  # no shards yet: empty float16 vector columns must still make a view
     assert run_sql(ws, "SELECT * FROM embeddings").num_rows == 0
-    embed_stage.begin_shard()
     _, image_id, caption, image = heldout_pairs(24)[0]
-    embed_stage.add(StageItem("s", image_id, caption, image))
-    ws.write_shard("embeddings", "x-0", embed_stage.finish_shard())
+    ws.write_shard("embeddings", "x-0", embed_stage(image_batch([("s", image_id, caption, image)])))
     refresh_catalog(ws)
     row = run_sql(ws, "SELECT len(image_vec) AS n, clip_score FROM embeddings").to_pylist()[0]
     assert row["n"] == 256 and -1 <= row["clip_score"] <= 1

@@ -14,8 +14,8 @@ from engine.profiling.ingest import IngestConfig
 from engine.profiling.ocr_models import OcrConfig
 from engine.profiling.plan import plan_source, save_source_config
 from engine.workspace import Workspace
-from pipelines.curate import CurateShard
 from pipelines.stages import IMAGE_STAGES, OcrStage
+from tests.data import run_shards_here
 from tests.ocr_data import font, gradient, render_lines
 
 ZCURATE = os.path.join(os.path.dirname(sys.executable), "zcurate")
@@ -52,9 +52,7 @@ def test_curate_shard_writes_ocr_rows_seen_in_the_signals_view(tmp_path):
     plan = plan_source(ws, source, shard_size=3)
     save_source_config(ws, source, IngestConfig())
     stage = OcrStage(OcrConfig(backend="paddleocr", cache_dir=str(tmp_path / "cache")))
-    shard = CurateShard(ws, source, plan, IngestConfig(), [stage])
-    for index in range(plan.shard_count):
-        shard({"shard": index})
+    run_shards_here(ws, source, plan, [stage])
     assert ws.list_shards("ocr") == ws.list_shards("samples")
     refresh_catalog(ws)
     rows = run_sql(

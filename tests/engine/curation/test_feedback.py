@@ -22,8 +22,9 @@ from engine.s3dit.concept_loss import concept_losses, read_feedback, send_feedba
 from engine.workspace import Workspace
 
 
-def reports(*steps: dict[str, tuple[int, float]]) -> pa.Table:
-    """Report tables as the trainer writes them: one per step, {concept_id: (draws, mean loss)}."""
+def reports(*steps: dict[int | None, tuple[int, float]], concept_type: pa.DataType = pa.int64()) -> pa.Table:
+    """Report tables as the trainer writes them: one per step, {concept_id: (draws, mean loss)}
+    (None: the draws without a concept). ``concept_type`` string: as an older trainer wrote them."""
     rows = [
         {
             "stage": "sft",
@@ -37,11 +38,14 @@ def reports(*steps: dict[str, tuple[int, float]]) -> pa.Table:
         for i, losses in enumerate(steps)
         for concept, (n, loss) in losses.items()
     ]
-    return pa.Table.from_pylist(rows, schema=schema.CONCEPT_LOSS)
+    index = schema.CONCEPT_LOSS.get_field_index("concept_id")
+    return pa.Table.from_pylist(
+        rows, schema=schema.CONCEPT_LOSS.set(index, pa.field("concept_id", concept_type))
+    )
 
 
 # One concept persistently hard (2.0), one easy (0.2), six in between.
-EIGHT = {"10": (8, 2.0), "11": (8, 0.2), **{str(c): (8, 1.0) for c in range(12, 18)}}
+EIGHT = {10: (8, 2.0), 11: (8, 0.2), **{c: (8, 1.0) for c in range(12, 18)}}
 
 
 def multiplier_of(ids: np.ndarray, mults: np.ndarray, concept: int) -> float:
@@ -65,7 +69,7 @@ def test_a_hard_concept_grows_to_the_cap_and_an_easy_one_shrinks_to_the_floor():
 
 
 def test_first_report_follows_the_formula():
-    ids, mults, _ = concept_multipliers(reports({"1": (4, 1.0), "2": (4, 3.0)}))
+    ids, mults, _ = concept_multipliers(reports({1: (4, 1.0), 2: (4, 3.0)}))
     # Lbar = 2, std = 1: excess -1 and +1; log a = -/+ eta; then mean-normalise and smooth.
     a = np.exp([-0.5, 0.5])
     expected = 0.9 * a / a.mean() + 0.1
@@ -84,30 +88,42 @@ def test_smoothing_keeps_a_uniform_share():
 
 
 def test_no_signal_cases():
-    ids, mults, _ = concept_multipliers(reports({"7": (50, 3.0)}))
+    ids, mults, _ = concept_multipliers(reports({7: (50, 3.0)}))
     assert ids.tolist() == [7] and mults.tolist() == [1.0]  # one concept: nothing to compare with
-    ids, mults, _ = concept_multipliers(reports({"1": (6, 1.0), "2": (6, 1.0)}))
+    ids, mults, _ = concept_multipliers(reports({1: (6, 1.0), 2: (6, 1.0)}))
     np.testing.assert_allclose(mults, 1.0)  # equal losses
     ids, mults, summary = concept_multipliers(schema.CONCEPT_LOSS.empty_table())
     assert len(ids) == len(mults) == 0 and summary["reports"] == 0 and summary["top"] == []
 
 
-def test_min_samples_and_unparseable_ids():
-    unparseable = {"": (9, 9.0), "x7": (9, 9.0), "-4": (9, 0.0)}
-    table = reports({"1": (4, 1.0), "2": (4, 2.0), "3": (3, 50.0), **unparseable})
+def test_min_samples_and_draws_without_a_concept():
+    table = reports({1: (4, 1.0), 2: (4, 2.0), 3: (3, 50.0), None: (9, 9.0)}, {None: (9, 0.0)})
     ids, mults, summary = concept_multipliers(table)
     assert ids.tolist() == [1, 2] and mults[1] > mults[0]  # concept 3 had 3 draws: not counted
-    assert summary["skipped_ids"] == 3
+    assert summary["skipped_ids"] == 2  # the null concept, once per report
     ids, _, _ = concept_multipliers(table, FeedbackConfig(min_samples=3))
     assert ids.tolist() == [1, 2, 3]
+
+
+def test_reports_an_older_trainer_wrote_with_string_ids(tmp_path):
+    ws = Workspace(str(tmp_path / "ws")).create()
+    old = {"1": (4, 1.0), "2": (4, 2.0), "": (9, 9.0), "x7": (9, 9.0), "-4": (9, 0.0)}  # step 100
+    new = {1: (4, 1.0), 2: (4, 3.0), None: (9, 9.0)}  # step 200
+    ws.write_parquet(ws.feedback_rel("sft", 100), reports(old, concept_type=pa.string()))
+    ws.write_parquet(ws.feedback_rel("sft", 200), reports({}, new))
+    state = stage_feedback(ws, "sft")
+    # digits became int64 ids; "", "x7" and "-4" became null: skipped and counted, as before
+    _, expected, _ = concept_multipliers(reports({1: (4, 1.0), 2: (4, 2.0)}, new))
+    assert state.concept_ids.tolist() == [1, 2] and state.summary["skipped_ids"] == 4
+    np.testing.assert_array_equal(state.multipliers, expected)
 
 
 def test_reports_sent_by_the_trainer(tmp_path):
     ws = Workspace(str(tmp_path / "ws")).create()
     assert stage_feedback(ws, "sft").fingerprint == ""
     rng = np.random.default_rng(0)
-    concepts = [["10"], ["10", "20"], ["20"], ["30"], []] * 8  # 40 draws
-    hard = np.array([("30" in c) for c in concepts])
+    concepts = [[10], [10, 20], [20], [30], []] * 8  # 40 draws
+    hard = np.array([(30 in c) for c in concepts])
 
     def send(step: int) -> None:
         losses = (1.0 + 2.0 * hard + 0.1 * rng.standard_normal(len(concepts))).tolist()

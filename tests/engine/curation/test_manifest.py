@@ -232,7 +232,7 @@ def test_feedback_raises_the_share_of_a_concept_with_high_loss(curated_ws, tmp_p
 
     for step in (100, 200, 300):
         rows = [
-            {"stage": "lowres", "step": step, "manifest": first.path, "concept_id": str(c), "samples": 16,
+            {"stage": "lowres", "step": step, "manifest": first.path, "concept_id": c, "samples": 16,
              "loss_mean": 0.9 if c == hard else 0.3, "loss_std": 0.05}
             for c in [hard, *others]
         ]  # fmt: skip

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
+import json
 
 import pytest
+from pydantic import ValidationError
 
+from engine.curation.manifest_store import sidecar_recipe
+from engine.curation.pool import BOOL_COLUMNS, NUMERIC_COLUMNS, TEXT_COLUMNS
 from engine.curation.recipe import (
+    POOL_COLUMNS,
     RecipeError,
     apply_overrides,
     load_recipe,
@@ -32,7 +36,7 @@ def test_the_paper_stages_ship_as_recipes():
 def test_to_dict_reads_back_to_the_same_recipe(name):
     recipe = load_recipe(name)
     again = parse_recipe(recipe.to_dict(), "copy")
-    assert dataclasses.replace(again, source=recipe.source) == recipe
+    assert again.model_copy(update={"source": recipe.source}) == recipe
 
 
 def test_a_user_recipe_file_needs_no_code(tmp_path):
@@ -105,3 +109,38 @@ def test_overrides_change_a_key_and_are_checked_again():
     assert parse_override("buckets.sizes=[[512, 512]]") == ("buckets.sizes", [[512, 512]])
     with pytest.raises(RecipeError, match="KEY=VALUE"):
         parse_override("balance.method")
+
+
+def test_a_sidecar_gives_back_the_filters_in_their_order():
+    recipe = load_recipe("sft")  # filters: nsfw_score, clip_score, entropy, min_side, has_watermark_text
+    sidecar = json.loads(json.dumps({"recipe": recipe.to_dict()}, sort_keys=True))  # as written to disk
+    assert [f.column for f in parse_recipe(sidecar["recipe"], "x").filters] == sorted(recipe.columns()[:5])
+    sidecar["counts"] = {"filters": [{"filter": f.column} for f in recipe.filters]}
+    again = sidecar_recipe(sidecar, recipe.source)
+    assert again == recipe and again.columns() == recipe.columns()
+
+
+def test_pool_columns_come_from_the_schema_by_type():
+    kinds = (NUMERIC_COLUMNS, BOOL_COLUMNS, TEXT_COLUMNS)
+    assert sorted(POOL_COLUMNS) == sorted(sum(kinds, ()))  # every column has exactly one kind
+    assert {"clip_score", "nsfw_score", "min_side", "pixels", "bits_per_pixel"} <= set(NUMERIC_COLUMNS)
+    assert {"has_ocr_text", "has_watermark_text", "caption_has_cjk"} <= set(BOOL_COLUMNS)
+    assert {"source_kind", "caption_lang", "ocr_lang", "image_format"} <= set(TEXT_COLUMNS)
+    assert not {"sample_id", "image_id", "phash", "ocr_lines"} & set(POOL_COLUMNS)
+    with pytest.raises(RecipeError, match=r"recipe x: filters\.phash is not a pool column"):
+        parse_recipe({"stage": "s", "filters": {"phash": {"min": 0}}}, "x")
+    with pytest.raises(
+        RecipeError, match=r"recipe x: filters\.image_mode\.min is not a key of a bool or text"
+    ):
+        parse_recipe({"stage": "s", "filters": {"image_mode": {"min": 0}}}, "x")
+
+
+def test_a_validation_error_never_escapes():
+    for data in (
+        {"stage": "s", "buckets": {"sizes": [[256]]}},
+        {"stage": "s", "filters": 3},
+        {"stage": "s", "source": "y"},
+    ):
+        with pytest.raises(RecipeError) as info:
+            parse_recipe(data, "x")
+        assert "\n" not in str(info.value) and not isinstance(info.value, ValidationError)

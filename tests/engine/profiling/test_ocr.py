@@ -1,4 +1,4 @@
-"""engine/ocr.py: both backends for real on rendered text, and the text signals by hand.
+"""engine/profiling/ocr.py: both backends for real on rendered text, and the text signals by hand.
 
 Each backend loads once per module (PaddleOCR takes ~15 s to import paddle). Most recognised
 strings are compared with whitespace removed; the word spaces (which PP-OCRv4's recogniser often
@@ -7,7 +7,6 @@ drops and ``restore_spaces`` puts back) have tests of their own, on rendered lin
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -308,20 +307,31 @@ def test_model_dirs_whose_link_dangles_are_rebuilt(tmp_path):
     assert link.is_file() and link.stat().st_size > 1_000_000
 
 
-def test_a_broken_image_does_not_stop_the_stage(cache_dir):
-    from pipelines.stages import OcrStage, StageItem
+def test_a_broken_image_does_not_stop_the_stage(cache_dir, monkeypatch):
+    import engine.profiling.ocr as ocr
+    from pipelines.stages import OcrStage
+    from tests.data import image_batch
 
     good = render_lines(["正常图片"], ZH, 40)
-    buffer = io.BytesIO()
-    good.save(buffer, format="PNG")
-    broken = Image.open(io.BytesIO(buffer.getvalue()[:200]))  # header only: decoding fails
+    broken = Image.new("RGB", (77, 33), "white")
+    real = ocr.read_image
+
+    def breaks_on_one(engine, image, max_side):  # a backend crash on one image
+        if image.size == broken.size:
+            raise RuntimeError("the backend crashed")
+        return real(engine, image, max_side)
+
+    monkeypatch.setattr(ocr, "read_image", breaks_on_one)
     stage = OcrStage(OcrConfig(backend="rapidocr", cache_dir=cache_dir))
     stage.setup()
-    stage.begin_shard()
-    stage.add(StageItem("s1", "i1", "坏的", broken))
-    stage.add(StageItem("s2", "i2", "正常图片", good))
-    stage.add(StageItem("s3", "i2", "another caption", good))  # same image, second caption
-    rows = stage.finish_shard().to_pylist()
+    batch = image_batch(
+        [
+            ("s1", "i1", "坏的", broken),
+            ("s2", "i2", "正常图片", good),
+            ("s3", "i2", "another caption", good),  # same image, second caption
+        ]
+    )
+    rows = stage(batch).to_pylist()
     assert [r["sample_id"] for r in rows] == ["s1", "s2", "s3"]
     assert rows[0]["ocr_text"] is None and rows[0]["ocr_lines"] is None
     assert rows[1]["ocr_text"] == rows[2]["ocr_text"] == "正常图片"
@@ -334,7 +344,8 @@ def test_paddleocr_loads_offline_without_writing_to_home(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     code = (
-        "from engine.ocr import OcrConfig, load_ocr, read_image\n"
+        "from engine.profiling.ocr import load_ocr, read_image\n"
+        "from engine.profiling.ocr_models import OcrConfig\n"
         "from tests.ocr_data import font, render_lines\n"
         f"ocr = load_ocr(OcrConfig(backend='paddleocr', cache_dir={str(tmp_path / 'cache')!r}))\n"
         "print(read_image(ocr, render_lines(['离线'], font(True), 40)).lines[0].text)\n"

@@ -1,4 +1,4 @@
-"""Profiling signals of engine/profile.py, checked against values worked out by hand.
+"""Profiling signals of engine/profiling/profile.py, checked against values worked out by hand.
 
 Every expected number below is closed-form arithmetic written in the test (or a plain-Python
 reference loop), never a call into the numpy code path under test. Test images have R = G = B,

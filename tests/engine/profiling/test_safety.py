@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.profiling.safety import SafetyModelError, ShardSafety, bundled_nsfw_model, load_nsfw_model
+from engine.profiling.safety import SafetyModelError, bundled_nsfw_model, load_nsfw_model, nsfw_batch
+from tests.data import image_batch
 from tests.openclipart import heldout_pairs
 
 
@@ -47,17 +48,31 @@ def test_empty_input_and_a_degenerate_image(model):
     assert 0 <= model.score_images([Image.new("RGB", (1, 1))])[0] <= 1
 
 
-def test_shard_rows_follow_add_order_and_score_each_image_once(model, images):
-    shard = ShardSafety(model)
-    shard.add("s1", "i1", images[0])
-    shard.add("s2", "i2", images[1])
-    shard.add("s3", "i1", images[0])  # the same image with another caption
-    shard.add("s4", "i4", "not an image")  # fails to preprocess: a null score, no exception
-    table = shard.finish()
-    assert table["sample_id"].to_pylist() == ["s1", "s2", "s3", "s4"]
+def test_batch_rows_follow_batch_order_and_score_each_image_once(model, images, monkeypatch):
+    odd = Image.new("RGB", (7, 5))
+    real = model.preprocess
+    seen = []
+
+    def preprocess(image):  # fails on one image: a null score, no exception
+        seen.append(image.size)
+        if image.size == odd.size:
+            raise ValueError("cannot preprocess")
+        return real(image)
+
+    monkeypatch.setattr(model, "preprocess", preprocess)
+    batch = image_batch(
+        [
+            ("s1", "i1", "a", images[0]),
+            ("s2", "i2", "b", images[1]),
+            ("s3", "i1", "c", images[0]),
+            ("s4", "i4", "d", odd),
+        ]
+    )
+    table = nsfw_batch(model, batch)
+    assert table["sample_id"].to_pylist() == ["s1", "s2", "s3", "s4"] and len(seen) == 3
     scores = table["nsfw_score"].to_pylist()
     assert scores[0] == scores[2] and scores[3] is None
-    assert ShardSafety(model).finish().num_rows == 0
+    assert nsfw_batch(model, image_batch([])).num_rows == 0
 
 
 def test_a_missing_model_file_is_a_one_line_error(tmp_path):

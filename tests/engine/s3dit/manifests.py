@@ -2,10 +2,11 @@
 
 The Active Curation Engine (engine/manifest.py) writes the real manifests (the trainer's test of
 the feedback loop uses one); most trainer tests build a small manifest by hand, to control its
-rows exactly, with the same columns (DESIGN.md section 4): sample_id, uri,
-caption, weight, bucket_h, bucket_w, stage, concept_ids, and for image-to-image rows the source
-sample (source_sample_id, source_uri). Captions are openclipart's own (SVG title + keywords);
-the concept of a row is its openclipart category folder (animals, food, ...).
+rows exactly, with the same columns (schema.MANIFEST_ROW, DESIGN.md section 4): sample_id, uri,
+caption, weight, bucket_h, bucket_w, stage, kind, concept_ids, and for image-to-image rows the
+source sample (source_sample_id, source_uri), caption_form. Captions are openclipart's own (SVG
+title + keywords); the concept of a row is its openclipart category folder (animals, food, ...),
+as an int64 id like the graph's (CATEGORY_IDS).
 """
 
 from __future__ import annotations
@@ -16,25 +17,13 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine import schema
 from engine.profiling.openclipart_source import OPENCLIPART_ROOT, openclipart_caption
 
 CATEGORIES = ("animals", "food", "plants", "transportation", "buildings", "people", "shapes", "tools")
+# A category's concept id; small made-up ints (the graph's are WordNet offsets), 0 left unused.
+CATEGORY_IDS = {category: i + 1 for i, category in enumerate(CATEGORIES)}
 MAX_FILE_BYTES = 12_000  # small PNGs decode in milliseconds: keeps the tests fast
-
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("sample_id", pa.string()),
-        ("uri", pa.string()),
-        ("caption", pa.string()),
-        ("weight", pa.float64()),
-        ("bucket_h", pa.int32()),
-        ("bucket_w", pa.int32()),
-        ("stage", pa.string()),
-        ("concept_ids", pa.list_(pa.string())),
-        ("source_sample_id", pa.string()),
-        ("source_uri", pa.string()),
-    ]
-)
 
 
 def openclipart_rows(n: int, categories: tuple[str, ...] = CATEGORIES) -> list[dict]:
@@ -75,7 +64,7 @@ def openclipart_rows(n: int, categories: tuple[str, ...] = CATEGORIES) -> list[d
                 "sample_id": hashlib.blake2b(path.encode(), digest_size=16).hexdigest(),
                 "uri": path,
                 "caption": caption or category,
-                "concept_ids": [category],
+                "concept_ids": [CATEGORY_IDS[category]],
             }
         )
     return rows
@@ -102,10 +91,12 @@ def write_manifest(
                 "bucket_h": size[0],
                 "bucket_w": size[1],
                 "stage": stage,
+                "kind": "i2i" if source else "t2i",
                 "source_sample_id": source["sample_id"] if source else None,
                 "source_uri": source["uri"] if source else None,
+                "caption_form": "original",
             }
         )
         last_of[r["concept_ids"][0]] = r
-    pq.write_table(pa.Table.from_pylist(out, schema=MANIFEST_SCHEMA), path)
+    pq.write_table(pa.Table.from_pylist(out, schema=schema.MANIFEST_ROW), path)
     return path

@@ -7,7 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.s3dit.data import ManifestError, ManifestLoader, ManifestSampler, read_manifest, resize_crop
+from engine import schema
+from engine.curation.manifest import ManifestError
+from engine.curation.sampling import weighted_draws
+from engine.s3dit.data import ManifestLoader, ManifestSampler, read_manifest, resize_crop
 from tests.engine.s3dit.manifests import write_manifest
 
 
@@ -33,6 +36,16 @@ def test_repeat_cap_stops_a_row_after_its_draws():
     drawn = [int(sampler.next_batch()[0]) for _ in range(8)]
     assert drawn.count(0) == 2  # drawn first twice (weight 100), then capped
     assert all(drawn.count(i) <= 2 for i in range(4))
+
+
+def test_the_sampler_draws_what_a_materialised_manifest_lists():
+    """One weighted draw for the engine and the trainer: with one bucket and batches of one, the
+    sampler's draws are engine.curation.sampling.weighted_draws's, epoch by epoch, cap included."""
+    weights = np.random.default_rng(5).gamma(0.5, size=40)
+    weights[::7] = 0.0
+    sampler = ManifestSampler(weights, [(8, 8, False)] * 40, 1, seed=11, epoch_size=9, repeat_cap=2)
+    rows, _ = weighted_draws(weights, 60, epoch_size=9, repeat_cap=2, seed=11)
+    assert [int(sampler.next_batch()[0]) for _ in range(60)] == rows.tolist()
 
 
 def test_batches_are_bucket_pure_and_the_state_resumes_exactly():
@@ -66,7 +79,7 @@ def test_loader_reads_openclipart_resized_to_the_bucket(tmp_path, clipart_rows):
     assert batch.images.min() >= -1 and batch.images.max() <= 1 and batch.images.std() > 0.05
     assert batch.refs is None
     assert all(c and isinstance(c, str) for c in batch.captions)
-    assert all(len(c) == 1 for c in batch.concept_ids)
+    assert all(len(c) == 1 and isinstance(c[0], int) for c in batch.concept_ids)
 
 
 def test_image_to_image_rows_bring_their_reference(tmp_path, clipart_rows):
@@ -104,6 +117,29 @@ def test_bad_manifests_are_clear_errors(tmp_path, clipart_rows):
     path = write_manifest(str(tmp_path / "zero.parquet"), clipart_rows[:3], weights=[0.0, 0.0, 0.0])
     with pytest.raises(ManifestError, match="positive weight"):
         read_manifest(path)
+
+
+def test_concept_ids_are_int64_and_names_are_an_error(tmp_path, clipart_rows):
+    path = write_manifest(str(tmp_path / "m.parquet"), clipart_rows[:3])
+    table = pq.read_table(path)
+    narrow = table.set_column(
+        table.column_names.index("concept_ids"),
+        "concept_ids",
+        table["concept_ids"].cast(pa.list_(pa.int32())),
+    )
+    pq.write_table(narrow, tmp_path / "int32.parquet")
+    assert read_manifest(str(tmp_path / "int32.parquet"))["concept_ids"].type == pa.list_(pa.int64())
+    pq.write_table(table.drop_columns(["concept_ids", "kind", "caption_form"]), tmp_path / "bare.parquet")
+    bare = read_manifest(str(tmp_path / "bare.parquet"))
+    assert bare.schema.field("concept_ids").type == schema.MANIFEST_ROW.field("concept_ids").type
+    assert bare["concept_ids"].null_count == 3 and bare["kind"].null_count == 3
+    names = pa.array([["animals"], ["food"], []], pa.list_(pa.string()))
+    pq.write_table(
+        table.set_column(table.column_names.index("concept_ids"), "concept_ids", names),
+        tmp_path / "names.parquet",
+    )
+    with pytest.raises(ManifestError, match="concept_ids must be lists of int64"):
+        read_manifest(str(tmp_path / "names.parquet"))
 
 
 def test_resize_crop_covers_the_bucket():

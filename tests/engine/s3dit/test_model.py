@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.s3dit.diffusers_weights import convert_diffusers_state_dict
 from engine.s3dit.model import (
     CPU_PRESETS,
     Condition,
@@ -12,7 +13,6 @@ from engine.s3dit.model import (
     S3DiT_models,
     S3DiTConfig,
     build_model,
-    convert_diffusers_state_dict,
 )
 
 

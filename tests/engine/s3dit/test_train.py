@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from engine.s3dit.concept_loss import read_feedback
-from engine.s3dit.train import TrainConfig, load_for_sampling, main, sample_images
+from engine.s3dit.sample import load_for_sampling, sample_images
+from engine.s3dit.train import TrainConfig, main
 from engine.workspace import Workspace
 from tests.engine.s3dit.manifests import write_manifest
 
@@ -62,6 +63,7 @@ def test_concept_losses_are_reported_to_the_workspace(tmp_path, clipart_rows):
     report = read_feedback(Workspace(cfg.workspace), "lowres")
     assert sorted(set(report["step"].to_pylist())) == [3, 6]
     concepts = {c for r in clipart_rows[:16] for c in r["concept_ids"]}
+    assert report.schema.field("concept_id").type == pa.int64()
     assert set(report["concept_id"].to_pylist()) <= concepts
     per_step = report.group_by("step").aggregate([("samples", "sum")])
     assert per_step["samples_sum"].to_pylist() == [12, 12]  # 3 steps x 4 draws, one concept each
@@ -113,12 +115,13 @@ def test_a_newer_manifest_in_the_stage_folder_reweights_the_next_epoch(tmp_path,
     in the stage's folder and samples the next epoch by its weights."""
     folder = tmp_path / "manifests" / "lowres"
     folder.mkdir(parents=True)
-    rows = [{**r, "concept_ids": ["kept" if i % 2 else "dropped"]} for i, r in enumerate(clipart_rows[:16])]
+    kept, dropped = 101, 102
+    rows = [{**r, "concept_ids": [kept if i % 2 else dropped]} for i, r in enumerate(clipart_rows[:16])]
     write_manifest(str(folder / "v1.parquet"), rows)
 
     def engine_answers(row):  # stands in for issue 6's feedback step: zero the "dropped" concept
         if row["step"] == 1:
-            weights = [1.0 if r["concept_ids"] == ["kept"] else 0.0 for r in rows]
+            weights = [1.0 if r["concept_ids"] == [kept] else 0.0 for r in rows]
             write_manifest(str(folder / "v2.parquet"), rows, weights=weights)
 
     cfg = config(tmp_path, {"lowres": str(folder)}, steps=8, feedback_every=2)
@@ -127,8 +130,8 @@ def test_a_newer_manifest_in_the_stage_folder_reweights_the_next_epoch(tmp_path,
     report = read_feedback(Workspace(cfg.workspace), "lowres")
     epoch_one = report.filter(pa.compute.less_equal(report["step"], 4))
     later = report.filter(pa.compute.greater(report["step"], 4))
-    assert set(epoch_one["concept_id"].to_pylist()) == {"kept", "dropped"}  # 16 rows, 4 steps of 4
-    assert set(later["concept_id"].to_pylist()) == {"kept"}
+    assert set(epoch_one["concept_id"].to_pylist()) == {kept, dropped}  # 16 rows, 4 steps of 4
+    assert set(later["concept_id"].to_pylist()) == {kept}
 
 
 @pytest.mark.ray
@@ -153,5 +156,5 @@ def test_feedback_rebuilds_the_engine_manifest_and_its_sidecar_shows_it(tmp_path
         sidecar = json.load(f)
     assert sidecar["feedback"]["reports"] == 2 and sidecar["feedback"]["concepts"] > 0
     assert sidecar["feedback_fingerprint"] != first.sidecar["feedback_fingerprint"]
-    reported = read_feedback(ws, "lowres")["concept_id"].to_pylist()
-    assert any(c.isdigit() for c in reported)  # the engine's int64 concept ids, as text
+    reported = read_feedback(ws, "lowres")["concept_id"]
+    assert reported.type == pa.int64() and reported.drop_null().to_pylist()  # the graph's int64 ids

@@ -1,4 +1,4 @@
-"""engine/dedup.py: pHash pairs, the k-NN proximity graph, communities, representatives."""
+"""engine/vectors/dedup.py: pHash pairs, the k-NN proximity graph, communities, representatives."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 import pytest
 
 from engine.profiling.folder_source import FolderSource
-from engine.profiling.ingest import IngestConfig
 from engine.profiling.plan import plan_source
 from engine.vectors.dedup import (
     DedupConfig,
@@ -22,12 +21,12 @@ from engine.vectors.dedup import (
 )
 from engine.vectors.index import IndexConfig, build_index, load_index
 from engine.workspace import Workspace
-from pipelines.curate import CurateShard
+from tests.data import run_shards_here
 from tests.engine.vectors.test_index import unit, write_embeddings
 from tests.neardup import load_original, openclipart_files, png
 
 EASY_EDITS = ("flipped",)  # edits whose copies reach the default threshold >= 95% of the time
-# (scripts/calibrate_dedup.py, README "Dedup"); the others are asserted on average
+# (scripts/calibrate_dedup.py, docs/engines/vectors.md, "Dedup"); the others are asserted on average
 
 # --- pHash ------------------------------------------------------------------------------------
 
@@ -134,7 +133,7 @@ def curate_folder(folder: str, ws: Workspace) -> None:
     """Ingest + profile a folder in-process (no Ray), as the curate job does per shard."""
     source = FolderSource(folder, 2**30)
     plan = plan_source(ws.create(), source, shard_size=1000)
-    CurateShard(ws, source, plan, IngestConfig())({"shard": 0})
+    run_shards_here(ws, source, plan)
 
 
 def test_phash_dedup_on_openclipart(tmp_path):
@@ -204,7 +203,7 @@ def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
     """Edited copies of openclipart images join their originals; unrelated images stay alone.
 
     The whole path: ingest + profile + the embed stage (the embedded default model), the image
-    index, then dedup with the calibrated defaults (README, "Dedup").
+    index, then dedup with the calibrated defaults (docs/engines/vectors.md, "Dedup").
     """
     from pipelines.stages import EmbedStage
     from tests.neardup import EDITS, edit
@@ -227,7 +226,7 @@ def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
     ws = Workspace(str(tmp_path / "ws"))
     source = FolderSource(str(folder), 2**30)
     plan = plan_source(ws.create(), source, shard_size=1000)
-    CurateShard(ws, source, plan, IngestConfig(), image_stages=[EmbedStage()])({"shard": 0})
+    run_shards_here(ws, source, plan, [EmbedStage()])
     build_index(ws, "image")
     summary = dedup_workspace(ws)
     table = ws.read_table("dedup")
@@ -248,7 +247,7 @@ def test_planted_openclipart_near_duplicates_with_the_real_embedder(tmp_path):
     strays = [name for name, c in community.items() if name.startswith("other") and c in planted]
     # Few unrelated images join an original or its copies. Not none: with the default embedder
     # 28% of openclipart images have another openclipart image at cosine >= 0.90 (calibration,
-    # README "Dedup"), and 16 originals with 6 copies each offer many ways in: 5 of these 24
+    # docs/engines/vectors.md, "Dedup"), and 16 originals with 6 copies each offer many ways in: 5 of these 24
     # join, and a quarter is the bound.
     assert len(strays) <= 6, strays
     assert summary.duplicates >= 0.75 * 16 * len(EDITS)

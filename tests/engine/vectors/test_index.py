@@ -1,4 +1,4 @@
-"""engine/index.py on real FAISS with vectors written as real embeddings shards."""
+"""engine/vectors/index.py on real FAISS with vectors written as real embeddings shards."""
 
 from __future__ import annotations
 

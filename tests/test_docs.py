@@ -1,0 +1,470 @@
+"""The documentation: the MkDocs site builds with --strict, README.md stays a front page, every page
+of docs/ is in the nav, and every measured figure of docs/benchmarks.md is what its results file says.
+
+The benchmark checks render each table row from the results file the page names (bench/results-*.json,
+written by the bench/ scripts; the default embedder's figures from its heads file's metadata) in the
+page's format, and look for the row in that section of the page. A row that differs fails with the
+row the file gives. The scale tables are checked by tests/test_bench_scale.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+BENCH = ROOT / "bench"
+MKDOCS_YML = ROOT / "mkdocs.yml"
+BENCHMARKS_PAGE = DOCS / "benchmarks.md"
+HEADS_FILE = ROOT / "engine" / "vectors" / "weights" / "EffLite0-MiniLM-L6-openclipart.safetensors"
+README_MAX_LINES = 300  # issue 17: the README is a front page; the rest lives in the site
+
+
+# --- the site ---------------------------------------------------------------------------------------
+
+
+def test_the_site_builds_with_strict(tmp_path):
+    """Broken links and anchors, pages missing from the nav, nav entries without a page and
+    mkdocstrings entries for modules that do not exist are warnings, which --strict makes fatal."""
+    pytest.importorskip("mkdocs", reason="mkdocs is not installed (pyproject's [dev] has it)")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's notice about its successor
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "-f",
+            str(MKDOCS_YML),
+            "-d",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    problems = [line for line in result.stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    assert result.returncode == 0, "mkdocs build --strict failed:\n" + "\n".join(
+        problems or [result.stderr[-3000:]]
+    )
+    assert (tmp_path / "site" / "sample-flow" / "index.html").exists()
+
+
+def nav_pages(node) -> list[str]:
+    """Every page path named in mkdocs.yml's nav, however deep."""
+    if isinstance(node, str):
+        return [node] if node.endswith(".md") else []
+    if isinstance(node, list):
+        return [page for item in node for page in nav_pages(item)]
+    if isinstance(node, dict):
+        return [page for value in node.values() for page in nav_pages(value)]
+    return []
+
+
+def test_every_page_is_in_the_nav():
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load(MKDOCS_YML.read_text(encoding="utf-8"))
+    in_nav = nav_pages(config["nav"])
+    on_disk = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
+    assert sorted(set(in_nav)) == on_disk, "docs/ pages and mkdocs.yml's nav differ"
+    assert len(in_nav) == len(set(in_nav)), "a page is in the nav twice"
+
+
+def test_readme_is_a_front_page():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    for command in ("make demo", "make test", "mkdocs serve"):  # the two commands; how to read the docs
+        assert command in readme, command
+
+
+def test_readme_links_point_at_files_that_exist():
+    """README.md is read on GitHub, outside the site: its relative links must name real files."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [t.split("#")[0] for t in targets if "://" not in t and not t.startswith(("#", "mailto:"))]
+    assert local, "the README links into the docs"
+    missing = [t for t in local if not (ROOT / t).exists()]
+    assert not missing, f"README links to missing files: {missing}"
+
+
+# --- the figures: results file -> the rows the page shows --------------------------------------------
+
+
+def results(name: str) -> dict:
+    with open(BENCH / name, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def git_results(commit: str, name: str) -> dict | None:
+    """A results file as an earlier commit held it (the page quotes some runs from git history);
+    None where the checkout has no history (a source tarball, a shallow clone)."""
+    try:
+        text = subprocess.run(
+            ["git", "show", f"{commit}:bench/{name}"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return json.loads(text)
+
+
+def ingest_rows() -> list[str]:
+    r = results("results-ingest.json")
+    loop, e2e, warm = r["loop"], r["ray_end_to_end"], r["ray_excl_startup"]
+    second, steady = r["ray_second_job"], r["steady_state"]
+    span = steady["ray_work_span_s"]
+    return [
+        f"| plain Python loop (1 process) | {loop['wall_s']:.1f} | {loop['images_per_s']:.1f} | 1.00x |",
+        f"| Ray `run_curate`, incl. Ray start-up (what `zcurate curate` does) | {e2e['wall_s']:.1f} "
+        f"| {e2e['images_per_s']:.1f} | {e2e['ratio']:.2f}x |",
+        f"| Ray `run_curate`, excl. Ray start-up | {warm['wall_s']:.1f} | {warm['images_per_s']:.1f} "
+        f"| {warm['ratio']:.2f}x |",
+        f"| Ray `run_curate`, second job in the same Ray session | {second['wall_s']:.1f} "
+        f"| {second['images_per_s']:.1f} | {second['ratio']:.2f}x |",
+        f"| `ray.init` alone | {warm['ray_init_s']:.1f} | | |",
+        f"| steady state: shard work only (loop {steady['loop_shards_s']:.1f} s vs Ray span) | {span:.1f} "
+        f"| {r['n'] / span:.1f} | {steady['ratio']:.2f}x |",
+        f"| machine ceiling: {r['num_cpus']} pure-Python processes vs one (best of 3) | | "
+        f"| {r['parallel_ceiling']:.2f}x |",
+    ]
+
+
+# The OCR runs the page quotes: (label, results file, the commit whose copy of it to read; None: the
+# file as it is now).
+OCR_RUNS = (
+    ("`results-ocr-1thread.json`", "results-ocr-1thread.json", None),
+    ("`results-ocr-1thread-b0f0e5a.json`", "results-ocr-1thread-b0f0e5a.json", None),
+    ("`results-ocr-1thread.json` at git `ada921a`", "results-ocr-1thread.json", "ada921a"),
+    ("`results-ocr-loop1.json`", "results-ocr-loop1.json", None),
+    ("`results-ocr.json`", "results-ocr.json", None),
+    ("`results-ocr-f3f6788.json`", "results-ocr-f3f6788.json", None),
+)
+
+
+def ocr_runs() -> list[tuple[str, dict]]:
+    runs = []
+    for label, name, commit in OCR_RUNS:
+        r = results(name) if commit is None else git_results(commit, name)
+        if r is not None:
+            runs.append((f"{label} (`{r['commit']}`)", r))
+    return runs
+
+
+def ocr_accuracy_rows() -> list[str]:
+    rows = []
+    for label, r in ocr_runs():
+        for a in r["accuracy"]:
+            s = a["scores"]
+            exact = {group: s[group]["exact_line_accuracy"] for group in s}
+            rows.append(
+                f"| {label} | {a['backend']} | {a['threads']} "
+                f"| {exact['en_clean']:.3f} | {exact['zh_clean']:.3f} "
+                f"| {exact['en_photo_or_clipart']:.3f} | {exact['zh_photo_or_clipart']:.3f} "
+                f"| {exact['all']:.3f} / {s['all']['exact_line_accuracy_ignoring_spaces']:.3f} "
+                f"| {s['all']['cer']:.4f} | {a['images_per_s']:.2f} | {a['load_s']:.1f} |"
+            )
+    return rows
+
+
+def ocr_stage_rows() -> list[str]:
+    rows = []
+    for label, r in ocr_runs():
+        ray = r["ray"]
+        threads = ray["loop"].get("threads", ray["num_cpus"])  # --loop-threads defaults to --num-cpus
+        rows.append(
+            f"| {label} | {ray['backend']} "
+            f"| {ray['loop_images_per_s']:.2f} ({threads} thread{'s' * (threads > 1)}) "
+            f"| {ray['ray_images_per_s']:.2f} | {ray['ratio_ray_vs_loop']:.2f}x "
+            f"| {ray['ray_images_per_s_steady']:.2f} vs {ray['loop_images_per_s_excl_setup']:.2f} "
+            f"| {ray['ratio_steady']:.2f}x |"
+        )
+    return rows
+
+
+def tagging_rows() -> list[str]:
+    runs = [("`results-tagging.json`", results("results-tagging.json"))]
+    runs.append(("`results-tagging-quiet.json`", results("results-tagging-quiet.json")))
+    earlier = git_results("9d83f72", "results-tagging.json")
+    if earlier is not None:
+        runs.append(("`results-tagging.json` at git `9d83f72`", earlier))
+    rows = []
+    for label, r in runs:
+        convert = f"{r['convert_s']:.1f}" if "convert_s" in r else ""
+        ceiling = f"{r['machine_ceiling']:.2f}x" if "machine_ceiling" in r else ""
+        rows.append(
+            f"| {label} (`{r['commit']}`) | {r['load_start'][0]:.1f} | {convert} | {r['graph_load_s']:.1f} "
+            f"| {r['graph_prune_s']:.1f} | {r['matcher_build_s']:.1f} | {r['baseline_captions_per_s']:,.0f} "
+            f"| {r['captions_per_s']:,.0f} | {r['speedup']:.2f}x | {ceiling} |"
+        )
+    return rows
+
+
+def embed_rows() -> list[str]:
+    r = results("results-embed.json")
+    bare, procs, stage = r["bare"], r["bare_processes"], r["stage"]
+    best = max(bare["images_per_s"], procs["images_per_s"])
+    return [
+        f"| bare forward, 1 process x {r['args']['num_cpus']} torch threads | {bare['forward_s']:.1f} "
+        f"| {bare['images_per_s']:.1f} | {bare['images_per_s'] / best:.2f}x |",
+        f"| bare forward, {procs['processes']} processes x 1 thread | {procs['forward_s']:.1f} "
+        f"| {procs['images_per_s']:.1f} | {procs['images_per_s'] / best:.2f}x |",
+        f"| Ray embed stage, work span (steady state) | {stage['span_s']:.1f} "
+        f"| {stage['images_per_s_span']:.1f} | {r['ratio_span']:.2f}x |",
+        f"| Ray embed stage, job in a running Ray (actor start + model load) | {stage['job_s']:.1f} "
+        f"| {stage['images_per_s_job']:.1f} | {r['ratio_job']:.2f}x |",
+        f"| Ray embed stage, end to end (incl. `ray.init` {stage['ray_init_s']:.1f} s) "
+        f"| {stage['end_to_end_s']:.1f} | {stage['images_per_s_end_to_end']:.1f} "
+        f"| {r['ratio_end_to_end']:.2f}x |",
+    ]
+
+
+def embed_quiet_rows() -> list[str]:
+    rows = []
+    for name in ("results-embed-quiet-512.json", "results-embed-quiet-2000.json"):
+        r = results(name)
+        stage = r["stage"]
+        rows.append(
+            f"| `{name}` | {r['bare']['pairs']:,} | {r['bare_processes']['images_per_s']:.1f} "
+            f"| {stage['images_per_s_span']:.1f} ({r['ratio_span']:.2f}x) "
+            f"| {stage['images_per_s_job']:.1f} ({r['ratio_job']:.2f}x) "
+            f"| {stage['images_per_s_end_to_end']:.1f} ({r['ratio_end_to_end']:.2f}x) |"
+        )
+    return rows
+
+
+def heads_metadata() -> dict:
+    """The training record ``zcurate train-embedder`` stores in the heads file (safetensors metadata)."""
+    with open(HEADS_FILE, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return json.loads(header["__metadata__"]["zcurate"])
+
+
+def embedder_rows() -> list[str]:
+    meta = heads_metadata()
+    h, cfg = meta["heldout"], meta["train_config"]
+    with open(HEADS_FILE, "rb") as f:
+        file_sha = hashlib.sha256(f.read()).hexdigest()
+    return [
+        f"| trained heads (committed) | {h['pairs']:,} | {h['i2t_r1']:.3f} | {h['i2t_r10']:.3f} "
+        f"| {h['t2i_r1']:.3f} | {h['t2i_r10']:.3f} | {h['auc']:.3f} "
+        f"| {h['matched_mean']:.3f} / {h['shuffled_mean']:.3f} |",
+        f"| training | {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']:g}, "
+        f"weight decay {cfg['weight_decay']:g}, seed {cfg['seed']} |",
+        f"| (split, sample_id) list sha256 | `{meta['data_sha256']}` |",
+        f"| heads file sha256 | `{file_sha}` |",
+    ]
+
+
+def dedup_rows() -> list[str]:
+    r = results("results-dedup.json")
+    t = r["times_s"]
+    return [
+        f"| dedup of {r['n']:,} {r['dim']}-d vectors ({r['planted_clusters']:,} planted clusters, "
+        f"{r['planted_pairs']:,} planted pairs) | result | target |",
+        f"| wall: IVF-PQ train {t['train_s']:.0f} s + add {t['add_s']:.0f} s "
+        f"+ k-NN graph {t['knn_graph_s']:.0f} s "
+        f"+ communities {t['communities_s']:.1f} s + representatives {t['representatives_s']:.1f} s "
+        f"| **{r['dedup_wall_s']:.0f} s** | <= 600 s |",
+        f"| CPU | {r['dedup_cpu_s']:.0f} s | |",
+        f"| pair recall / precision | **{r['recall']:.3f} / {r['precision']:.3f}** | >= 0.99 / >= 0.99 |",
+        f"| peak RSS | {r['peak_rss_mib']:,} MiB | |",
+    ]
+
+
+def search_rows() -> list[str]:
+    r = results("results-search.json")
+    rows = []
+    for kind, v in r["results"].items():
+        p = v["params"]
+        label = {
+            "flat": "`flat` (exact)",
+            "ivfpq": f"`ivfpq` (nlist {p['nlist']}, {p['pq_m']}-byte PQ, nprobe {p['nprobe']})",
+            "hnsw": f"`hnsw` (M {p['hnsw_m']}, efSearch {p['ef_search']}; parallel build)",
+        }[kind]
+        rows.append(
+            f"| {label} | {v['p50_ms']:g} | {v['p99_ms']:g} | {v['recall_at_10_vs_flat']:.3f} "
+            f"| {v['build_s']:.1f} |"
+        )
+    return rows
+
+
+CALIBRATION_EDITS = {  # tests/neardup.py's edits, as the page names them
+    "resized": "resized to 1/2",
+    "reencoded": "JPEG quality 30",
+    "cropped": "cropped 10% each side",
+    "flipped": "mirrored",
+    "recoloured": "hue rotated",
+    "watermarked": "diagonal text watermark",
+}
+
+
+def calibration_rows() -> list[str]:
+    r = results("results-dedup-calibration.json")
+    rows = []
+    for name, label in CALIBRATION_EDITS.items():
+        e = r["edits"][name]
+        c, s = e["cosine"], e["share_at_or_above"]
+        rows.append(
+            f"| {label} | {c['p05']:.3f} / {c['p50']:.3f} "
+            f"| {s['0.85']:.3f} | {s['0.9']:.3f} | {s['0.96']:.3f} | {e['share_within_d']['4']:.3f} |"
+        )
+    u = r["unrelated"]
+    share = u["images_with_a_pair_at_or_above"]
+    rows.append(
+        f"| **unrelated**: images (of {r['originals'] + r['distractors']:,}) with another at or above | "
+        f"| {share['0.85']:.3f} | {share['0.9']:.3f} | {share['0.96']:.3f} "
+        f"| {u['pairs_within_d']['4']:,} of {u['pairs']:,} pairs |"
+    )
+    return rows
+
+
+MANIFEST_BUILDS = {
+    "ours_lowres": "ours, `lowres`",
+    "ours_omni": "ours, `omni` (+ image-to-image rows, 18 buckets, caption mix)",
+    "ours_sft": "ours, `sft` (near-uniform marginal: EM over the concept pairs)",
+    "pandas_lowres": "pandas, `lowres`",
+}
+
+
+def manifest_rows() -> list[str]:
+    r = results("results-manifest.json")
+    rows = [f"| build over {r['n']:,} pairs | wall s | peak memory | rows |"]
+    for key, label in MANIFEST_BUILDS.items():
+        v = r[key]
+        rows.append(f"| {label} | {v['seconds']:.1f} | {v['peak_rss_gib']:.2f} GiB | {v['rows']:,} |")
+    memory = r["ours_lowres"]["peak_rss_gib"] / r["pandas_lowres"]["peak_rss_gib"]
+    rows.append(f"**{r['speedup_vs_pandas']:.1f}x faster** than pandas with {memory:.0%} of its memory")
+    return rows
+
+
+def samples_page_rows() -> list[str]:
+    r = results("results-samples-page.json")
+    return [
+        f"| {row['filter']} | {row['total']:,} | {row['baseline_s']:.3f} | {row['ours_s']:.3f} "
+        f"| {row['baseline_s'] / row['ours_s']:.2f} |"
+        for row in r["rows"]
+    ]
+
+
+def api_rows() -> list[str]:
+    r = results("results-api.json")
+    rows = []
+    for run in r["runs"]:
+        rate = run["rate_per_client"]
+        mode = f"paced {rate:g}/s per client" if rate else "saturating (back to back)"
+        texts = "unique texts" if run["unique_queries"] else "repeated texts"
+        load = run["machine"]
+        cells = [f"{mode}, {texts}", f"{load['loadavg_before'][0]:.2f} -> {load['loadavg_after'][0]:.2f}"]
+        endpoints = run["endpoints"]
+        cells += [
+            f"{endpoints[e]['p50_ms']:.1f} / {endpoints[e]['p99_ms']:.1f}"
+            for e in ("metadata", "search", "stats")
+        ]
+        cells += [f"{sum(e['requests_per_s'] for e in endpoints.values()):.0f}", str(run["errors"])]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def samples_per_s(x: float) -> str:
+    return f"{x:,.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def s3dit_rows() -> list[str]:
+    rows = []
+    for name in ("results-s3dit-cpu.json", "results-s3dit-h200.json", "results-s3dit-h200-L.json"):
+        r = results(name)
+        meta = r["meta"]
+        where = (
+            f"CPU, {meta['torch_threads']} threads" if meta["device"] == "cpu" else f"{meta['device']}, bf16"
+        )
+        for x in r["results"]:
+            mfu = f"{x['ours_mfu']:.1%} / {x['diffusers_mfu']:.1%}" if "ours_mfu" in x else ""
+            rows.append(
+                f"| `{name}` | {where} | {x['preset']}, {x['batch']}, {x['image']} "
+                f"| {samples_per_s(x['ours_samples_per_s'])} | {samples_per_s(x['diffusers_samples_per_s'])} "
+                f"| {x['ratio']:.2f}x | {mfu} |"
+            )
+    return rows
+
+
+def scale_figures() -> list[str]:
+    """The scale section's prose figures (its tables: tests/test_bench_scale.py)."""
+    r = results("results-scale.json")
+    steps = {s["step"]: s["counts"] for s in r["steps"]}
+    ingest, dedup, tag = steps["ingest"], steps["dedup"], steps["tag"]
+    reasons = ingest["reject_reasons"]
+    return [
+        f"{ingest['ok']:,} usable, {ingest['rejected']:,} rejected "
+        f"({reasons['duplicate_sample']:,} `duplicate_sample`",
+        f"{reasons['empty_caption']:,} `empty_caption`, "
+        f"{reasons['decompression_bomb']:,} `decompression_bomb`",
+        f"{dedup['communities']:,} near-duplicate communities holding "
+        f"{dedup['communities'] + dedup['duplicates']:,} samples ({dedup['duplicates']:,} of them not",
+        f"Tags: {tag['tags']:,} on {tag['rows']:,} samples, {tag['mined']:,} concepts mined",
+        f"{steps['manifest']['manifest_rows']:,} rows",
+        f"add up to {sum(s['wall_s'] for s in r['steps']):,.0f} s",
+        f"Generating the pairs took {r['generate']['seconds']:.0f} s "
+        f"({r['generate']['bytes']:,} bytes of tars",
+    ]
+
+
+# Page section (its "## " heading) -> the lines the results files give for it.
+SECTIONS: dict[str, Callable[[], list[str]]] = {
+    "Ingest and profiling: plain loop vs Ray": ingest_rows,
+    "OCR: accuracy per backend, and the OCR stage on Ray": lambda: ocr_accuracy_rows() + ocr_stage_rows(),
+    "Concept graph build and caption tagging": tagging_rows,
+    "Embedding stage": lambda: embed_rows() + embed_quiet_rows(),
+    "The default embedder: held-out retrieval": embedder_rows,
+    "Vector index and dedup at 1M vectors": lambda: dedup_rows() + search_rows(),
+    "Dedup calibration": calibration_rows,
+    "Manifest builder": manifest_rows,
+    "Explorer page": samples_page_rows,
+    "REST service under 64 concurrent clients": api_rows,
+    "Scale: 50,000 pairs end to end": scale_figures,
+    "S3-DiT training step against diffusers": s3dit_rows,
+}
+
+
+def page_section(text: str, heading: str) -> str:
+    """The text under ``## heading`` up to the next ``## `` heading."""
+    match = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    assert match, f"docs/benchmarks.md has no section '## {heading}'"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("heading", list(SECTIONS))
+def test_benchmark_figures_are_their_results_files(heading):
+    section = page_section(BENCHMARKS_PAGE.read_text(encoding="utf-8"), heading)
+    expected = SECTIONS[heading]()
+    assert expected
+    missing = [line for line in expected if line not in section]
+    assert not missing, f"'{heading}' differs from its results file; the file gives:\n" + "\n".join(missing)
+
+
+def test_the_demo_figures_are_the_ingest_benchmark():
+    """Getting started quotes how many of the demo's 2,000 records are usable: the ingest benchmark
+    curates the same first 2,000 openclipart records."""
+    r = results("results-ingest.json")
+    page = (DOCS / "getting-started.md").read_text(encoding="utf-8")
+    assert r["n"] == 2000
+    assert f"{r['loop']['ok']:,} are usable" in page and f'`"ok": {r["loop"]["ok"]}`' in page
+
+
+def test_every_results_file_is_quoted_in_the_docs():
+    """A committed results file that no page names is a measurement nobody reads (or a stale one)."""
+    docs = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
+    unquoted = [p.name for p in sorted(BENCH.glob("results-*.json")) if p.name not in docs]
+    assert not unquoted, f"results files no page names: {unquoted}"
