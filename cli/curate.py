@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from cli.manifest import print_manifest
-from cli.shared import WorkspaceOption, err, fail, open_workspace, out
+from cli.shared import NumCpusOption, WorkspaceOption, err, fail, open_workspace, out
 from engine.profiling.ingest import IngestConfig
 from pipelines.curate import DEFAULT_SHARD_SIZE
 
@@ -82,7 +82,7 @@ def curate(
     max_caption_chars: Annotated[
         int, typer.Option(help="Truncate captions beyond this length.")
     ] = DEFAULTS.max_caption_chars,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    num_cpus: NumCpusOption = None,
     stages: Annotated[
         str,
         typer.Option(
@@ -155,7 +155,7 @@ def demo(
         str, typer.Option("--workspace", "-w", help="Where to write the demo workspace.")
     ] = DEMO_WORKSPACE,
     limit: Annotated[int, typer.Option(help="How many openclipart images to curate.")] = DEMO_LIMIT,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    num_cpus: NumCpusOption = None,
 ) -> None:
     """Curate the bundled demo data (openclipart from Debian) into a workspace, summarise it and
     build the lowres stage's manifest."""
@@ -212,7 +212,7 @@ def ocr(
         str | None,
         typer.Option(help="Text-line orientation model dir (default: the embedded PP-OCR v2.0 classifier)."),
     ] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    num_cpus: NumCpusOption = None,
 ) -> None:
     """Read the text in every image of a curated workspace (only samples without OCR rows).
 
@@ -263,7 +263,7 @@ def embed(
             help="Embedder spec: default, a heads .safetensors, ARCH@TAG, ARCH@/path/ckpt.pt, local-dir:DIR."
         ),
     ] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    num_cpus: NumCpusOption = None,
 ) -> None:
     """Embed images and captions of a curated workspace (only shards without embeddings).
 
@@ -285,7 +285,7 @@ def embed(
 @app.command(epilog="Example: zcurate safety --workspace ./ws")
 def safety(
     workspace: WorkspaceOption,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")] = None,
+    num_cpus: NumCpusOption = None,
 ) -> None:
     """Score every curated image with Yahoo's open_nsfw (nsfw_score in signals; shards missing it)."""
     from pipelines.stages import SafetyStage

@@ -10,7 +10,17 @@ from typing import Annotated
 import pyarrow as pa
 import typer
 
-from cli.shared import OutputFormat, WorkspaceOption, fail, open_workspace, out, print_table, write_result
+from cli.shared import (
+    FormatOption,
+    OutputFormat,
+    OutputOption,
+    WorkspaceOption,
+    fail,
+    open_workspace,
+    out,
+    print_table,
+    write_result,
+)
 
 app = typer.Typer()
 
@@ -139,10 +149,8 @@ def graph_samples(
     concept: Annotated[str, typer.Argument(help="A synset name (bird.n.01) or a concept id.")],
     workspace: WorkspaceOption,
     limit: Annotated[int, typer.Option(help="At most this many samples.")] = 50,
-    format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    format: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
 ) -> None:
     """Samples tagged with a concept or anything below it (a lorikeet counts for bird.n.01)."""
     from engine.graph.concept_queries import subtree_samples
@@ -163,9 +171,7 @@ def graph_gaps(
         Path | None, typer.Option(help="JSON file {synset: weight} to compare against instead.")
     ] = None,
     top: Annotated[int, typer.Option(help="Show this many at each end.")] = 15,
-    format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
+    format: FormatOption = OutputFormat.table,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write every row here.")] = None,
 ) -> None:
     """The most over- and under-represented concepts relative to a target prior."""

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import typer
 
 from cli.shared import (
+    FormatOption,
     OutputFormat,
+    OutputOption,
     WorkspaceOption,
     err,
     fail,
@@ -218,10 +220,8 @@ def manifest_gaps(
         float | None,
         typer.Option(help="Up-weight the candidates by this factor in the stage's next manifests."),
     ] = None,
-    format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    format: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
 ) -> None:
     """Find pool samples that are not in a manifest but fit a concept or a failure description
     (FAISS text->image retrieval, plus the concept's tagged subtree); optionally boost them."""

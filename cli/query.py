@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import pyarrow as pa
 import typer
 from rich.table import Table
 
-from cli.shared import OutputFormat, WorkspaceOption, fail, open_workspace, out, print_table, write_result
+from cli.shared import (
+    FormatOption,
+    OutputFormat,
+    OutputOption,
+    WorkspaceOption,
+    fail,
+    open_workspace,
+    out,
+    print_table,
+    write_result,
+)
 from engine import schema
 
 app = typer.Typer()
@@ -46,10 +55,8 @@ def stats_long_table(result: dict) -> pa.Table:
 def sql(
     query: Annotated[str, typer.Argument(help="One SQL query over the catalog's views.")],
     workspace: WorkspaceOption,
-    format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    format: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
 ) -> None:
     """Run SQL (DuckDB) over the workspace's catalog: samples, signals, sample_signals, ...
 
@@ -76,7 +83,7 @@ def stats(
     format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table, json, or csv/parquet (long form).")
     ] = OutputFormat.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    output: OutputOption = None,
 ) -> None:
     """Dataset statistics: counts by status and source, reject reasons, warnings, signal quantiles.
 

@@ -61,6 +61,11 @@ class OutputFormat(StrEnum):
     parquet = "parquet"
 
 
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")]
+NumCpusOption = Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")]
+
+
 def fail(message: str) -> None:
     """One clear line on stderr and exit code 2: how bad input is reported."""
     err.print(f"[bold red]error:[/] {message}", highlight=False)

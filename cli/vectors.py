@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from cli.shared import OutputFormat, WorkspaceOption, fail, open_workspace, out, write_result
+from cli.shared import (
+    FormatOption,
+    OutputFormat,
+    OutputOption,
+    WorkspaceOption,
+    fail,
+    open_workspace,
+    out,
+    write_result,
+)
 
 app = typer.Typer()
 
@@ -104,10 +113,8 @@ def search(
     model: Annotated[
         str | None, typer.Option(help="Embedder spec; default: the embedded default model.")
     ] = None,
-    format: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="Output format.")
-    ] = OutputFormat.table,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,
+    format: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
 ) -> None:
     """Search the workspace's FAISS indexes with a text or an image (text->image, image->image,
     image->text with --target text)."""

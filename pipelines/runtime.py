@@ -18,11 +18,11 @@ Data's ``map``: Ray Data retries a task forever unless told otherwise through ``
 which Ray 2.60 deprecates with no named replacement, and it logs its own execution notices.
 
 Faults: an exception in one shard's worker is caught on the worker and becomes a failure record;
-a worker process that dies (a decoder segfault, OOM, a lost node) is restarted by Ray
-(``max_restarts=-1``) and its shard is not retried by Ray (``max_task_retries=0``); every shard
-that did not come back is tried again in a new round, one at a time per actor, up to
-``MAX_ATTEMPTS`` in all. The shards that still fail are returned as failures; every other shard
-completes.
+a worker process that dies (a decoder segfault, OOM, a lost node) fails the shards it held and is
+replaced by a new actor, which takes shards once it has started (Ray neither restarts it nor runs
+its shards again: ``max_restarts=0``, ``max_task_retries=0``); every shard that failed is tried
+again in a new round, one at a time per actor, up to ``MAX_ATTEMPTS`` in all. The shards that
+still fail are returned as failures; every other shard completes.
 
 Output: a normal run prints no Ray notice. Ray's logging is at WARNING and above, and the one
 warning every local Ray 2.60 prints, that token authentication is enabled (its new default, which we
@@ -52,6 +52,9 @@ SHIP_CODE_ENV = "ZCURATE_RAY_SHIP_CODE"  # "1": send engine/ and pipelines/ to t
 MAX_ATTEMPTS = 3  # tries per shard: a lost node or a flaky read gets two more chances; a file that
 # kills its worker every time costs three worker restarts (a few seconds each), then is reported
 WORKER_DIED = "the worker process died (a crash in native code, out of memory, or a lost node)"
+START_TIMEOUT_S = 600  # how long a round waits for a replacement worker when no other has work: a
+# worker loads its models first (tens of seconds on a busy machine); one that cannot be placed at all
+# (its node is gone and the other workers hold every CPU) is given up on, its items wait a round
 
 
 @dataclass
@@ -138,6 +141,10 @@ class ShardActor:
     def __init__(self, worker: type, worker_kwargs: dict):
         self.worker = worker(**worker_kwargs)
 
+    def ready(self) -> bool:
+        """Answers once the worker is built: a replacement gets items after this."""
+        return True
+
     def run(self, item: dict) -> tuple[dict | None, str]:
         """(the worker's result, "") or (None, a one-line error naming where it was raised)."""
         try:
@@ -214,39 +221,73 @@ def pool_size(items: int, num_gpus: float) -> int:
 def run_round(
     items: list[dict], keys: list[int], worker: type, worker_kwargs: dict, num_gpus: float, queued: int
 ) -> Iterator[tuple[int, tuple[dict | None, str]]]:
-    """One pass over ``items[key]`` for ``keys`` on a fresh actor pool (``queued`` items in flight per
-    actor); yields (key, (result, error)) as items finish, ``WORKER_DIED`` for an actor that died."""
+    """One pass over ``items[key]`` for ``keys`` on a fresh pool of actors, ``queued`` items in flight
+    per actor; yields (key, (result, error)) for every key, as items finish.
+
+    An actor whose process dies fails the items it held (``WORKER_DIED``) and is replaced by a new
+    one, which gets items once it has started. The round ends when every item is done; items that
+    no worker could take (a replacement that cannot start, or cannot be placed because its node is
+    gone and the other workers hold every CPU) come back failed, for the next round.
+    """
     import ray
 
     actor_class = ray.remote(ShardActor).options(
         num_cpus=1,
         num_gpus=num_gpus or None,
-        max_restarts=-1,  # a dead worker process comes back (a crash in native code, a lost node)...
-        max_task_retries=0,  # ...but its shard is not run again behind our back: the rounds count
+        max_restarts=0,  # a dead worker is replaced by the round itself (below), not restarted by Ray
+        max_task_retries=0,  # and its items are not run again behind our back: the rounds count them
         scheduling_strategy="SPREAD",  # one actor per node first, as a cluster user expects
     )
-    actors = [actor_class.remote(worker, worker_kwargs) for _ in range(pool_size(len(keys), num_gpus))]
-    waiting = list(keys)
-    running: dict = {}  # object ref -> (key, actor)
+    waiting, actors = list(keys), []
+    calls: dict = {}  # object ref -> (item key, or None for a start-up check; the actor called)
+    error = WORKER_DIED  # what the items no worker took are told
 
-    def submit(actor) -> None:
-        key = waiting.pop(0)
-        running[actor.run.remote(items[key])] = (key, actor)
+    def give(actor, n: int) -> None:
+        for _ in range(min(n, len(waiting))):
+            key = waiting.pop(0)
+            calls[actor.run.remote(items[key])] = (key, actor)
+
+    def start(check: bool):
+        actors.append(actor_class.remote(worker, worker_kwargs))
+        if check:  # a replacement: it gets items once it answers
+            calls[actors[-1].ready.remote()] = (None, actors[-1])
+        return actors[-1]
 
     try:
-        for actor in actors:
-            for _ in range(queued):
-                if waiting:
-                    submit(actor)
-        while running:
-            [ref], _ = ray.wait(list(running), num_returns=1)
-            key, actor = running.pop(ref)
+        for _ in range(pool_size(len(keys), num_gpus)):
+            give(start(check=False), queued)
+        while calls:
+            working = any(key is not None for key, _ in calls.values())
+            if not working and not waiting:
+                break  # only start-up checks are left, and nothing needs them any more
+            done, _ = ray.wait(list(calls), num_returns=1, timeout=None if working else START_TIMEOUT_S)
+            if not done:
+                break  # no worker could start in time: the rest waits for the next round
+            key, actor = calls.pop(done[0])
             try:
-                yield key, ray.get(ref)
-            except ray.exceptions.RayActorError:
-                yield key, (None, WORKER_DIED)
-            if waiting:
-                submit(actor)
+                value = ray.get(done[0])
+            except ray.exceptions.RayActorError as e:
+                error = worker_error(e)
+                if key is not None:
+                    yield key, (None, error)
+                    if not any(a is actor for _, a in calls.values()):  # its last call: replace it
+                        start(check=True)
+                continue
+            if key is not None:
+                yield key, value
+            give(actor, 1 if key is not None else queued)
+        for key in waiting:
+            yield key, (None, error)
     finally:
         for actor in actors:
             ray.kill(actor)
+
+
+def worker_error(e: Exception) -> str:
+    """The one-line error of an item whose actor died: ``WORKER_DIED``, or why the worker could
+    not start at all (its set-up raised: a model file that is missing, say)."""
+    text = str(e)
+    if "creation task" not in text:
+        return WORKER_DIED
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"the worker could not start: {lines[-1]}"

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from engine.graph.wordnet import WORDNET_DIR, read_wordnet
 
-DEFAULT_OUT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "engine", "data"))
+DEFAULT_OUT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "engine", "graph", "data"))
 
 
 def main() -> int:

@@ -468,3 +468,19 @@ def test_every_results_file_is_quoted_in_the_docs():
     docs = "\n".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
     unquoted = [p.name for p in sorted(BENCH.glob("results-*.json")) if p.name not in docs]
     assert not unquoted, f"results files no page names: {unquoted}"
+
+
+def test_every_module_is_in_the_api_reference():
+    """Each module of engine, pipelines, api and cli has a ``::: module`` entry on a page of
+    docs/reference/ (a new module gets its reference page entry with it)."""
+    listed = set()
+    for page in (DOCS / "reference").glob("*.md"):
+        listed |= set(re.findall(r"^::: ([\w.]+)", page.read_text(encoding="utf-8"), re.M))
+    modules = set()
+    for package in ("engine", "pipelines", "api", "cli"):
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            if parts[-1] == "__main__":
+                continue
+            modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert sorted(modules - listed) == []

@@ -13,6 +13,8 @@ caption batches, for one, are then the same as when it worked shard by shard).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 from PIL import Image
@@ -101,6 +103,17 @@ def batch_images(batch: pa.Table) -> tuple[list[Image.Image], np.ndarray]:
         for r in first
     ]
     return images, image_of_row
+
+
+def batch_rows(batch: pa.Table, image_of_row: np.ndarray) -> Iterator[tuple[str, str, str, int]]:
+    """(sample_id, image_id, caption, its image's index in ``batch_images``) per row, in order."""
+    return zip(
+        batch["sample_id"].to_pylist(),
+        batch["image_id"].to_pylist(),
+        batch["caption"].to_pylist(),
+        image_of_row.tolist(),
+        strict=True,
+    )
 
 
 def image_info(batch: pa.Table, row: int) -> ImageInfo:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engine import schema
-from engine.profiling.image_batch import batch_images
+from engine.profiling.image_batch import batch_images, batch_rows
 from engine.profiling.ocr_backends import BACKENDS, PaddleOcrBackend, RapidOcrBackend
 from engine.profiling.ocr_models import MAX_SIDE, MIN_SIDE, OCR_BACKENDS, PAD, OcrConfig, OcrModelError
 from engine.profiling.ocr_signals import OcrLine, OcrResult, ocr_signals, text_rows
@@ -82,13 +82,7 @@ def ocr_batch(ocr, batch: pa.Table, max_side: int = MAX_SIDE) -> pa.Table:
         except Exception:  # one image that breaks the OCR must not fail the shard: nulls
             read.append(None)
     rows = []
-    for sample_id, image_id, caption, image in zip(
-        batch["sample_id"].to_pylist(),
-        batch["image_id"].to_pylist(),
-        batch["caption"].to_pylist(),
-        image_of_row.tolist(),
-        strict=True,
-    ):
+    for sample_id, image_id, caption, image in batch_rows(batch, image_of_row):
         row = {"sample_id": sample_id, "image_id": image_id}
         if read[image] is not None:
             with contextlib.suppress(Exception):  # a degenerate box must not fail the shard either

@@ -35,7 +35,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engine import schema
-from engine.profiling.image_batch import batch_images, image_info, image_rows
+from engine.profiling.image_batch import batch_images, batch_rows, image_info, image_rows
 from engine.profiling.ingest import ImageInfo
 
 ANALYSIS_SIDE = 512  # px: blur/colour/entropy are stable under this downscale, and decoding, not
@@ -187,12 +187,6 @@ def profile_batch(batch: pa.Table) -> pa.Table:
     ]
     rows = [
         {"sample_id": sample_id, "image_id": image_id, **per_image[image], **profile_caption(caption)}
-        for sample_id, image_id, caption, image in zip(
-            batch["sample_id"].to_pylist(),
-            batch["image_id"].to_pylist(),
-            batch["caption"].to_pylist(),
-            image_of_row.tolist(),
-            strict=True,
-        )
+        for sample_id, image_id, caption, image in batch_rows(batch, image_of_row)
     ]
     return pa.Table.from_pylist(rows, schema=schema.SIGNALS)

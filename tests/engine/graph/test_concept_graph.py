@@ -62,7 +62,8 @@ def test_the_conversion_script_reproduces_the_committed_tables_byte_for_byte(tmp
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(DATA_DIR), "..", "scripts", "build_wordnet_graph.py")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(DATA_DIR)))  # engine/graph/data -> the checkout
+    script = os.path.join(repo, "scripts", "build_wordnet_graph.py")
     subprocess.run([sys.executable, script, "--out", str(tmp_path)], check=True, capture_output=True)
     for name in ("concepts", "edges", "lemmas", "morph", "words"):
         built = (tmp_path / f"wordnet_{name}.parquet").read_bytes()
