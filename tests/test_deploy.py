@@ -208,7 +208,8 @@ def test_zcurate_variables_are_ones_the_code_reads(config):
     from api.settings import Settings
 
     known = {"ZCURATE_" + name.upper() for name in Settings.model_fields}
-    code = "".join(p.read_text() for d in ("engine", "pipelines", "api", "cli") for p in (ROOT / d).rglob("*.py"))
+    packages = ("engine", "pipelines", "api", "cli")
+    code = "".join(p.read_text() for d in packages for p in (ROOT / d).rglob("*.py"))
     for name in SERVICES:
         for variable in config["services"][name]["environment"]:
             if variable.startswith("ZCURATE_"):
