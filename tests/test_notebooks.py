@@ -16,7 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
-EXPECTED = ["01_quickstart", "02_statistics", "03_manifests", "04_training"]
+EXPECTED = ["01_quickstart", "02_statistics", "03_manifests", "04_training", "05_payoff"]
 KERNEL = "zcurate-test-venv"  # a kernel spec of this venv's Python, written to a temp dir per run
 CELL_TIMEOUT_S = 600  # the longest cell is the training run: ~1 minute on 2 busy cores
 
@@ -34,7 +34,7 @@ strip = load_strip_script()
 # --- committed without outputs ---------------------------------------------------------------------
 
 
-def test_the_four_notebooks_are_there():
+def test_the_five_notebooks_are_there():
     assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == EXPECTED
 
 
@@ -251,3 +251,53 @@ def test_training_runs_three_stages_reports_losses_and_samples(kernel_env, works
     assert len(list_manifests(workspace)) == 3 + 6  # the three small-bucket manifests and the rebuilt ones
     assert figures(nb) == 2  # the loss curve and the samples
     assert os.path.getsize(run / "checkpoints" / "latest.pt") > 0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_payoff_runs_the_tiny_experiment_and_shows_its_results(kernel_env, tmp_path):
+    """The whole pay-off experiment at plumbing size (a small pool, 6 steps, one seed): pool,
+    zcurate curate + manifest, four arms, results JSON and figures; then the notebook reads them."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_payoff
+
+    results_path, figures_dir = tmp_path / "results.json", tmp_path / "figures"
+    results = bench_payoff.main(
+        [
+            "--config",
+            "tiny",
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(results_path),
+            "--figures",
+            str(figures_dir),
+            "--threads",
+            "1",
+        ]
+    )
+    assert json.loads(results_path.read_text()) == json.loads(json.dumps(results))
+    assert sorted(p.name for p in figures_dir.iterdir()) == ["curves.png", "defects.png", "samples.png"]
+    assert set(results["arms"]) == {"raw", "random", "curated", "active"}
+    for arm in results["arms"].values():
+        assert arm["steps"] == [0, 3, 6] and arm["samples_drawn"] == 6 * 8
+    curated_rows = results["curated"]["rows"]
+    assert results["arms"]["random"]["manifest_rows"] == [curated_rows]
+    assert results["arms"]["raw"]["manifest_rows"] == [results["pool"]["pool_rows"]]
+    assert results["arms"]["active"]["manifests_followed"][0] >= 1  # the loop rebuilt its manifest
+    kept = sum(r["kept"] for r in results["curated"]["defects"])
+    assert 0 < kept <= results["pool"]["pool_rows"]
+
+    nb = run_notebook(
+        "05_payoff",
+        kernel_env,
+        str(tmp_path),
+        ZCURATE_PAYOFF_RESULTS=str(results_path),
+        ZCURATE_PAYOFF_FIGURES=str(figures_dir),
+    )
+    assert_ran_clean(nb)
+    text = printed(nb)
+    assert f"pool: {results['pool']['pool_rows']} rows" in text
+    loss = results["arms"]["curated"]["final"]["val_loss"]
+    assert f"curated  val_loss {loss['mean']:.4f} +- {loss['std']:.4f}" in text
+    assert figures(nb) == 3  # the defect table, the learning curves, the sample grid

@@ -40,6 +40,7 @@ from engine.s3dit.flow import RectifiedFlow
 from engine.s3dit.model import Condition, S3DiT, build_model
 from engine.s3dit.service import report_feedback
 from engine.s3dit.train_config import TrainConfig
+from engine.s3dit.validation import ValidationSet, load_validation, validation_loss
 from engine.vectors.embedder import encode_captions
 from engine.workspace import Workspace
 
@@ -136,7 +137,7 @@ STEP_SEED_STRIDE = 1_000_003  # a prime past 1M steps: seed * stride + step diff
 
 
 def new_summary() -> dict:
-    return {"losses": {}, "feedback": [], "skipped": [], "refreshed": []}
+    return {"losses": {}, "feedback": [], "skipped": [], "refreshed": [], "validation": []}
 
 
 @dataclass
@@ -158,6 +159,7 @@ class Run:
     stage_step: int = 0  # optimizer steps within that stage
     image_size: tuple[int, int] = (32, 32)  # (H, W) of the last batch; 32: the smallest bucket
     summary: dict = field(default_factory=new_summary)  # losses per stage, feedback and manifest paths
+    validation: ValidationSet | None = None  # the held-out set of cfg.val_manifest
 
     @property
     def stage(self) -> str:
@@ -190,6 +192,8 @@ def check_manifests(cfg: TrainConfig) -> None:
             raise ManifestError(f"no manifest given for stage {stage!r}")
     for stage in cfg.stages:
         read_manifest(resolve_manifest(cfg.manifests[stage]))
+    if cfg.val_manifest and (cfg.val_every < 1 or cfg.val_timesteps < 1):
+        raise ValueError("--val-every and --val-timesteps must be at least 1")
 
 
 def setup_torch(cfg: TrainConfig) -> torch.device:
@@ -332,6 +336,24 @@ def log_step(run: Run, row: dict, on_step: Callable[[dict], None] | None, bar) -
         bar.set_postfix(loss=f"{row['loss']:.4f}")
 
 
+VAL_FIELDS = ("step", "stage", "stage_step", "val_loss", "val_loss_wrong_caption", "val_gap")
+
+
+def log_validation(run: Run) -> dict:
+    """Score the EMA weights (what sampling uses) on the validation set; a row to val.csv."""
+    scores = validation_loss(run.ema, run.validation)
+    row = {"step": run.step, "stage": run.stage, "stage_step": run.stage_step, **scores}
+    path = os.path.join(run.cfg.run_dir, "val.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, VAL_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    run.summary["validation"].append(row)
+    return row
+
+
 def train_stage(
     run: Run, data: StageData, on_step: Callable[[dict], None] | None, stop_at: int | None
 ) -> bool:
@@ -344,9 +366,14 @@ def train_stage(
             total=cfg.steps, initial=run.stage_step, desc=f"train {run.stage}", unit="step", leave=False
         )
     run.model.train()
+    validate = run.validation is not None
+    if validate and run.stage_step == 0:
+        log_validation(run)
     try:
         while run.stage_step < cfg.steps:
             log_step(run, train_step(run, data), on_step, bar)
+            if validate and (run.stage_step % cfg.val_every == 0 or run.stage_step == cfg.steps):
+                log_validation(run)
             if run.stage_step % cfg.feedback_every == 0 or run.stage_step == cfg.steps:
                 send_report(run, data)
             if run.stage_step % cfg.checkpoint_every == 0 and run.stage_step < cfg.steps:
@@ -389,6 +416,8 @@ def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_a
     latents = load_latents(cfg.vae, str(device))
     # --- model / EMA (from the latest checkpoint when there is one) ------------------------------------
     run = build_run(cfg, ws, device, encoder, latents)
+    if cfg.val_manifest:
+        run.validation = load_validation(cfg.val_manifest, encoder, latents, cfg.val_timesteps)
     resumed = resume_run(run)
     try:
         while run.stage_index < len(cfg.stages):

@@ -59,6 +59,10 @@ class TrainConfig:
     grad_checkpointing: bool | None = option(
         None, "Recompute activations in the backward pass (default: on for CUDA, off on CPU)."
     )
+    # a fixed held-out set scored at fixed timesteps and noise (engine.s3dit.validation)
+    val_manifest: str | None = option(None, "Validation manifest: held-out loss and caption gap in val.csv.")
+    val_every: int = option(100, "Steps between validation scores (and one before the first step).")
+    val_timesteps: int = option(5, "Noise levels of the validation loss, evenly spaced.")
     run_name: str = option("s3dit", "Run folder: WS/train/RUN_NAME.")
     progress: bool = option(True, "Show a progress bar per stage.")
 

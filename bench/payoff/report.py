@@ -1,0 +1,172 @@
+"""The experiment's results: the summary per arm (mean +- std over seeds), figures, a sample grid.
+
+:func:`summarise` turns the runs into the results JSON; :func:`learning_curves`,
+:func:`defect_figure` draw from that JSON alone (the notebook calls them on the committed file);
+:func:`sample_grid` draws images from each arm's first-seed checkpoint for held-out prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+
+METRICS = ("val_loss", "val_loss_wrong_caption", "val_gap")
+
+
+def mean_std(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": len(a)}
+
+
+def arm_summary(runs: list[dict]) -> dict:
+    """Final scores (last validation) over seeds, compute, and the curve's mean and std per step."""
+    finals = {m: mean_std([r["validation"][-1][m] for r in runs]) for m in METRICS}
+    steps = [row["step"] for row in runs[0]["validation"]]
+    curves = {
+        m: {
+            "mean": [float(np.mean([r["validation"][i][m] for r in runs])) for i in range(len(steps))],
+            "std": [
+                float(np.std([r["validation"][i][m] for r in runs], ddof=1)) if len(runs) > 1 else 0.0
+                for i in range(len(steps))
+            ],
+        }
+        for m in METRICS
+    }
+    return {
+        "final": finals,
+        "steps": steps,
+        "curves": curves,
+        "manifest_rows": [r["manifest_rows"] for r in runs],
+        "samples_drawn": runs[0]["samples_drawn"],
+        "skipped_draws": [r["skipped_draws"] for r in runs],
+        "manifests_followed": [r["manifests_followed"] for r in runs],
+        "seconds": mean_std([r["seconds"] for r in runs]),
+    }
+
+
+def paired_difference(runs: list[dict], arm: str, baseline: str, metric: str) -> dict:
+    """``arm - baseline`` of a final metric, seed by seed (the same seed: same init and noise)."""
+    by_seed = {(r["arm"], r["seed"]): r["validation"][-1][metric] for r in runs}
+    seeds = sorted(
+        {r["seed"] for r in runs if r["arm"] == arm} & {r["seed"] for r in runs if r["arm"] == baseline}
+    )
+    return mean_std([by_seed[(arm, s)] - by_seed[(baseline, s)] for s in seeds]) if seeds else {}
+
+
+def summarise(cfg, pool: dict, curated: dict, runs: list[dict], meta: dict) -> dict:
+    arms = [a for a in cfg.arms if any(r["arm"] == a for r in runs)]
+    summary = {a: arm_summary([r for r in runs if r["arm"] == a]) for a in arms}
+    comparisons = {
+        f"{arm}-{base}": {m: paired_difference(runs, arm, base, m) for m in ("val_loss", "val_gap")}
+        for arm in ("curated", "active")
+        for base in ("raw", "random")
+        if arm in arms and base in arms
+    }
+    return {
+        "meta": meta,
+        "config": asdict(cfg),
+        "pool": pool,
+        "curated": curated,
+        "arms": summary,
+        "comparisons": comparisons,
+        "runs": runs,
+    }
+
+
+# --- figures (matplotlib, from the results alone) -----------------------------------------------------
+
+COLOURS = {"raw": "#d62728", "random": "#7f7f7f", "curated": "#1f77b4", "active": "#2ca02c"}
+
+
+def learning_curves(results: dict):
+    """Held-out loss and conditional gap against step: the mean over seeds, with a +-1 std band."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric, title in zip(
+        axes,
+        ("val_loss", "val_gap"),
+        ("held-out loss (true captions)", "conditional gap (wrong - true caption)"),
+        strict=True,
+    ):
+        for arm, s in results["arms"].items():
+            mean, std = np.asarray(s["curves"][metric]["mean"]), np.asarray(s["curves"][metric]["std"])
+            ax.plot(s["steps"], mean, label=arm, color=COLOURS.get(arm))
+            ax.fill_between(s["steps"], mean - std, mean + std, color=COLOURS.get(arm), alpha=0.2)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    seeds = len(results["config"]["seeds"])
+    fig.suptitle(
+        f"{results['config']['preset']} at {results['config']['resolution']} px, {seeds} seed(s): mean +- std"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def defect_rows(results: dict) -> list[list[str]]:
+    """The defect table as text cells: class, pool rows, kept, removed, pool share, weight share."""
+    rows = []
+    for r in results["curated"]["defects"]:
+        removed = "" if r["kept_fraction"] is None else f"{1 - r['kept_fraction']:.0%}"
+        rows.append(
+            [
+                r["class"],
+                str(r["pool_rows"]),
+                str(r["kept"]),
+                removed,
+                f"{r['pool_share']:.1%}",
+                f"{r['weight_share']:.1%}",
+            ]
+        )
+    return rows
+
+
+DEFECT_HEADER = ["class", "pool rows", "kept", "removed", "share of pool", "share of weight"]
+
+
+def defect_figure(results: dict):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * (len(results["curated"]["defects"]) + 2)))
+    ax.axis("off")
+    table = ax.table(cellText=defect_rows(results), colLabels=DEFECT_HEADER, loc="center")
+    table.scale(1, 1.4)
+    ax.set_title("what the curated manifest kept of each injected defect")
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(checkpoints: dict[str, str], prompts: list[str], real: list[str], cfg, path: str) -> None:
+    """One row per arm (first seed's EMA weights, named on the left), one column per held-out
+    prompt, the real images on top; the same noise for every arm."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from engine.s3dit.data import resize_crop, to_image
+    from engine.s3dit.sample import load_for_sampling
+
+    size, pad, zoom, label_w = cfg.resolution, 2, max(1, 96 // cfg.resolution), 90
+    rows = {"real": [resize_crop(Image.open(p).convert("RGB"), size, size) for p in real]}
+    device = "cuda" if cfg.device == "cuda" and torch.cuda.is_available() else "cpu"
+    for arm, checkpoint in checkpoints.items():
+        images = sample_images_for(load_for_sampling(checkpoint, device), prompts, cfg, size)
+        rows[arm] = [to_image(x) for x in images]
+    cell = size * zoom + pad
+    grid = Image.new("RGB", (label_w + len(prompts) * cell, len(rows) * cell), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (name, images) in enumerate(rows.items()):
+        draw.text((4, i * cell + cell // 2 - 6), name, fill="black")
+        for j, image in enumerate(images):
+            grid.paste(
+                image.resize((size * zoom,) * 2, Image.Resampling.NEAREST), (label_w + j * cell, i * cell)
+            )
+    grid.save(path)
+
+
+def sample_images_for(loaded: dict, prompts: list[str], cfg, size: int):
+    from engine.s3dit.sample import sample_images
+
+    return sample_images(loaded, prompts, cfg.sample_steps, cfg.guidance, seed=0, height=size, width=size)
