@@ -5,7 +5,7 @@ SHELL := /bin/bash
 # ruff's cache goes to the temp dir, not the repository or $HOME (scripts/test.sh does the same).
 CACHE ?= $(or $(ZCURATE_CACHE_DIR),$(TMPDIR),/tmp)/zcurate-cache
 export RUFF_CACHE_DIR ?= $(CACHE)/ruff
-.PHONY: setup demo test test-all lint format bench clean-demo
+.PHONY: setup demo test test-all lint format bench payoff clean-demo
 
 setup:
 	@bash scripts/setup.sh
@@ -27,6 +27,10 @@ format: setup
 
 bench: setup
 	@.venv/bin/python bench/bench_ingest.py
+
+# the pay-off experiment (docs/payoff.md): ~35 minutes on 2 CPU cores
+payoff: setup
+	@.venv/bin/python bench/bench_payoff.py
 
 clean-demo:
 	rm -rf workspaces/demo

@@ -1,6 +1,7 @@
 """The pay-off experiment in one command: noisy pool -> zcurate -> every arm x 3 seeds -> results.
 
     .venv/bin/python bench/bench_payoff.py                 # CPU configuration (~35 min, 2 cores)
+    .venv/bin/python bench/bench_payoff.py --ablate        # then: one recipe step off per arm
     .venv/bin/python bench/bench_payoff.py --config gpu    # on a CUDA machine
     .venv/bin/python bench/bench_payoff.py --config tiny --work /tmp/p --results /tmp/p.json \
         --figures /tmp/p-figures                           # the plumbing in ~2 minutes
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.payoff import report
 from bench.payoff.arms import ROOT, write_json
-from bench.payoff.experiment import CONFIGS, run_experiment, with_overrides
+from bench.payoff.experiment import CONFIGS, ablation, run_experiment, with_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -33,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--figures", help="figures folder (default docs/assets/payoff/CONFIG)")
     parser.add_argument("--steps", type=int, help="override the config's optimizer steps")
     parser.add_argument("--seeds", type=int, help="override the config's number of seeds (0..N-1)")
+    parser.add_argument(
+        "--ablate", action="store_true", help="the curated arm beside one arm per recipe step turned off"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     return parser.parse_args(argv)
 
@@ -45,8 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = with_overrides(
         CONFIGS[args.config], steps=args.steps, seeds=tuple(range(args.seeds)) if args.seeds else None
     )
+    if args.ablate:
+        cfg = ablation(cfg)
     base = os.environ.get("ZCURATE_CACHE_DIR") or tempfile.gettempdir()
-    work = args.work or os.path.join(base, f"zcurate-payoff-{cfg.name}")
+    # the ablation shares the main run's folder: its pool, workspace and curated runs are reused
+    work = args.work or os.path.join(base, f"zcurate-payoff-{args.config}")
     results_path = args.results or os.path.join(ROOT, "bench", f"results-payoff-{cfg.name}.json")
     figures = args.figures or os.path.join(ROOT, "docs", "assets", "payoff", cfg.name)
     results = run_experiment(work, cfg)

@@ -484,3 +484,37 @@ def test_every_module_is_in_the_api_reference():
                 continue
             modules.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
     assert sorted(modules - listed) == []
+
+
+# --- the pay-off page ---------------------------------------------------------------------------------
+
+PAYOFF_PAGE = DOCS / "payoff.md"
+
+
+def payoff_tables(name: str) -> dict[str, list[str]]:
+    """The tables docs/payoff.md quotes from one results file, rendered by bench/payoff/report.py."""
+    from bench.payoff import report
+
+    r = results(name)
+    return {
+        "arms": report.arm_table(r),
+        "comparisons": report.comparison_table(r),
+        "defects": report.defect_table_md(r),
+    }
+
+
+@pytest.mark.parametrize("name", ["results-payoff-cpu.json", "results-payoff-cpu-ablation.json"])
+def test_payoff_figures_are_their_results_files(name):
+    page = PAYOFF_PAGE.read_text(encoding="utf-8")
+    r = results(name)
+    assert not r["meta"]["dirty"], f"{name} was written from a checkout with uncommitted changes"
+    assert f"`{r['meta']['commit'][:7]}`" in page  # the page names the commit that wrote the file
+    for table, rows in payoff_tables(name).items():
+        missing = [row for row in rows if row not in page]
+        assert not missing, (
+            f"docs/payoff.md: the {table} table of {name} differs; the file gives:\n" + "\n".join(missing)
+        )
+    figures = DOCS / "assets" / "payoff" / r["config"]["name"]
+    for figure in ("curves.png", "defects.png", "samples.png"):
+        assert (figures / figure).is_file()
+        assert f"assets/payoff/{r['config']['name']}/{figure}" in page

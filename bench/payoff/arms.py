@@ -60,8 +60,8 @@ def eval_manifest(evaluation: pa.Table, resolution: int) -> pa.Table:
     return uniform_manifest(evaluation["path"].to_pylist(), evaluation["caption"].to_pylist(), resolution)
 
 
-def zcurate(*args: str, num_cpus: int | None = None) -> None:
-    """Run ``zcurate ARGS`` (``python -m cli``) from the repository root; raise on failure."""
+def zcurate(*args: str, num_cpus: int | None = None) -> str:
+    """Run ``zcurate ARGS`` (``python -m cli``) from the repository root; its output, or raise."""
     command = [sys.executable, "-m", "cli", *args]
     if num_cpus is not None and args[0] == "curate":
         command += ["--num-cpus", str(num_cpus)]
@@ -70,27 +70,31 @@ def zcurate(*args: str, num_cpus: int | None = None) -> None:
         raise RuntimeError(
             f"{' '.join(command[2:])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
         )
+    return done.stdout
+
+
+# Each ablation turns one step of the lowres recipe off (``zcurate manifest --set``).
+ABLATIONS = {
+    "no-filters": ("filters={}",),
+    "no-dedup": ('dedup.keep="all"',),
+    "no-tilts": ("tilts=[]",),
+    "no-balance": ('balance.method="none"',),
+}
+
+
+def build_lowres(workspace: str, resolution: int, overrides: tuple[str, ...] = ()) -> str:
+    """``zcurate manifest --stage lowres`` at the experiment's resolution; the manifest's path."""
+    sets = [f"buckets.sizes=[[{resolution},{resolution}]]", *overrides]
+    args = ["manifest", "--workspace", workspace, "--stage", "lowres", "--seed", "0"]
+    output = zcurate(*args, *[part for item in sets for part in ("--set", item)])
+    last = output.strip().splitlines()[-1]  # "wrote PATH" or "found PATH"
+    return last.split(" ", 1)[1]
 
 
 def curate_and_build(pool_dir: str, workspace: str, resolution: int, num_cpus: int | None) -> str:
     """``zcurate curate`` then ``zcurate manifest --stage lowres``; returns the manifest's path."""
     zcurate("curate", pool_dir, "--workspace", workspace, num_cpus=num_cpus)
-    zcurate(
-        "manifest",
-        "--workspace",
-        workspace,
-        "--stage",
-        "lowres",
-        "--seed",
-        "0",
-        "--set",
-        f"buckets.sizes=[[{resolution},{resolution}]]",
-    )
-    from engine.curation.manifest_store import list_manifests
-    from engine.workspace import Workspace
-
-    (found,) = list_manifests(Workspace(workspace), "lowres")
-    return found["path"]
+    return build_lowres(workspace, resolution)
 
 
 def copy_manifest(path: str, dest: str) -> str:
@@ -144,6 +148,7 @@ def curation_scores(table: list[dict]) -> dict:
 
 
 def write_json(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=True)

@@ -49,6 +49,7 @@ class ExperimentConfig:
     sample_steps: int = 20
     guidance: float = 4.0
     num_cpus: int | None = None
+    ablations: tuple[str, ...] = ()  # arms "curated-<name>": one recipe step off (arms.ABLATIONS)
 
 
 CONFIGS = {
@@ -114,18 +115,24 @@ def prepare_data(work: str, cfg: ExperimentConfig) -> dict:
 
 
 def prepare_curated(work: str, cfg: ExperimentConfig) -> dict:
-    """``zcurate curate`` + ``zcurate manifest`` on the pool (reused when already done)."""
+    """``zcurate curate`` + ``zcurate manifest`` on the pool, and the ablated manifests the config
+    asks for (what an earlier run of the same work folder did is reused)."""
     done_path = os.path.join(work, "curated.json")
     if os.path.exists(done_path):
         with open(done_path, encoding="utf-8") as f:
-            return json.load(f)
-    workspace = os.path.join(work, "workspace")
-    shutil.rmtree(workspace, ignore_errors=True)
-    tic = time.perf_counter()
-    path = arm_manifests.curate_and_build(
-        os.path.join(work, "data", "pool"), workspace, cfg.resolution, cfg.num_cpus
-    )
-    done = {"workspace": workspace, "manifest": path, "seconds": time.perf_counter() - tic}
+            done = json.load(f)
+    else:
+        workspace = os.path.join(work, "workspace")
+        shutil.rmtree(workspace, ignore_errors=True)
+        tic = time.perf_counter()
+        pool = os.path.join(work, "data", "pool")
+        path = arm_manifests.curate_and_build(pool, workspace, cfg.resolution, cfg.num_cpus)
+        done = {"workspace": workspace, "manifest": path, "seconds": time.perf_counter() - tic}
+    done.setdefault("ablations", {})
+    for name in cfg.ablations:  # the same workspace, one recipe step off
+        if name not in done["ablations"]:
+            overrides = arm_manifests.ABLATIONS[name]
+            done["ablations"][name] = arm_manifests.build_lowres(done["workspace"], cfg.resolution, overrides)
     arm_manifests.write_json(done_path, done)
     return done
 
@@ -135,8 +142,8 @@ def arm_manifest(work: str, arm: str, seed: int, curated: dict, raw_rows: int) -
     manifests = os.path.join(work, "manifests")
     if arm == "raw":
         return os.path.join(manifests, "raw.parquet"), None
-    if arm == "curated":
-        return os.path.join(manifests, "curated.parquet"), None
+    if arm.startswith("curated"):  # curated, or curated-<ablation>
+        return os.path.join(manifests, f"{arm}.parquet"), None
     if arm == "random":
         path = os.path.join(manifests, f"random-s{seed}.parquet")
         if not os.path.exists(path):
@@ -152,6 +159,38 @@ def arm_manifest(work: str, arm: str, seed: int, curated: dict, raw_rows: int) -
     return os.path.join(workspace, rel), workspace
 
 
+def training_spec(cfg: ExperimentConfig, seed: int) -> dict:
+    """What a run's training depends on besides its manifest: a finished run is reused only when
+    its spec is this one (the same work folder may have seen another config)."""
+    keys = ("preset", "resolution", "steps", "batch_size", "lr", "warmup", "val_every", "val_timesteps")
+    keys += ("feedback_every", "device")
+    return {**{k: getattr(cfg, k) for k in keys}, "vae": cfg.vae, "seed": seed}
+
+
+def finished_result(path: str, spec: dict) -> dict | None:
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    return result if result.get("training") == spec else None
+
+
+def same_as_curated(work: str, arm: str, spec: dict, manifest: str) -> dict | None:
+    """An ablation whose manifest equals the curated one trains exactly as the curated arm did
+    (same rows, weights and seed; the trainer is deterministic): its result, marked, or None."""
+    if not arm.startswith("curated-"):
+        return None
+    curated = finished_result(os.path.join(work, "runs", f"curated-s{spec['seed']}", "result.json"), spec)
+    if curated is None:
+        return None
+    columns = ["sample_id", "uri", "caption", "weight", "bucket_h", "bucket_w"]
+    ours = pq.read_table(manifest, columns=columns)
+    theirs = pq.read_table(os.path.join(work, "manifests", "curated.parquet"), columns=columns)
+    if not ours.equals(theirs):
+        return None
+    return {**curated, "arm": arm, "same_manifest_as": "curated"}
+
+
 def train_arm(
     work: str, cfg: ExperimentConfig, arm: str, seed: int, curated: dict, curated_rows: int
 ) -> dict:
@@ -160,11 +199,15 @@ def train_arm(
     from engine.s3dit.train_config import TrainConfig
 
     run_dir = os.path.join(work, "runs", f"{arm}-s{seed}")
-    result_path = os.path.join(run_dir, "result.json")
-    if os.path.exists(result_path):
-        with open(result_path, encoding="utf-8") as f:
-            return json.load(f)
+    result_path, spec = os.path.join(run_dir, "result.json"), training_spec(cfg, seed)
+    finished = finished_result(result_path, spec)
+    if finished is not None:
+        return finished
     manifest, workspace = arm_manifest(work, arm, seed, curated, curated_rows)
+    same = same_as_curated(work, arm, spec, manifest)
+    if same is not None:
+        arm_manifests.write_json(result_path, same)
+        return same
     workspace = workspace or os.path.join(run_dir, "scratch")
     shutil.rmtree(os.path.join(workspace, "train"), ignore_errors=True)  # a killed run starts over
     train_cfg = TrainConfig(
@@ -194,6 +237,8 @@ def train_arm(
     result = {
         "arm": arm,
         "seed": seed,
+        "commit": git_state()["commit"],
+        "training": spec,
         "manifest_rows": manifest_rows,
         "seconds": seconds,
         "samples_drawn": cfg.steps * cfg.batch_size,
@@ -237,6 +282,13 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
     )
     arm_manifests.copy_manifest(curated["manifest"], os.path.join(manifests, "curated.parquet"))
     defects = arm_manifests.defect_table(truth, curated_table)
+    ablated = {}
+    for name, path in curated["ablations"].items():
+        if name not in cfg.ablations:
+            continue
+        arm_manifests.copy_manifest(path, os.path.join(manifests, f"curated-{name}.parquet"))
+        table = pq.read_table(path)
+        ablated[name] = {"rows": table.num_rows, "defects": arm_manifests.defect_table(truth, table)}
     log(f"  curated manifest: {curated_table.num_rows} rows of {truth.num_rows} ({curated['seconds']:.0f} s)")
     runs = []
     for seed in cfg.seeds:
@@ -270,3 +322,11 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
 
 def with_overrides(cfg: ExperimentConfig, **values) -> ExperimentConfig:
     return replace(cfg, **{k: v for k, v in values.items() if v is not None})
+
+
+def ablation(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The curated arm beside one arm per ablated recipe step, same steps and seeds."""
+    names = tuple(arm_manifests.ABLATIONS)
+    return replace(
+        cfg, name=f"{cfg.name}-ablation", ablations=names, arms=("curated", *(f"curated-{n}" for n in names))
+    )

@@ -57,10 +57,11 @@ def paired_difference(runs: list[dict], arm: str, baseline: str, metric: str) ->
 def summarise(cfg, pool: dict, curated: dict, runs: list[dict], meta: dict) -> dict:
     arms = [a for a in cfg.arms if any(r["arm"] == a for r in runs)]
     summary = {a: arm_summary([r for r in runs if r["arm"] == a]) for a in arms}
+    pairs = [(arm, base) for arm in ("curated", "active") for base in ("raw", "random")]
+    pairs += [(arm, "curated") for arm in arms if arm.startswith("curated-")]  # ablations
     comparisons = {
-        f"{arm}-{base}": {m: paired_difference(runs, arm, base, m) for m in ("val_loss", "val_gap")}
-        for arm in ("curated", "active")
-        for base in ("raw", "random")
+        f"{arm} vs {base}": {m: paired_difference(runs, arm, base, m) for m in ("val_loss", "val_gap")}
+        for arm, base in pairs
         if arm in arms and base in arms
     }
     return {
@@ -76,6 +77,12 @@ def summarise(cfg, pool: dict, curated: dict, runs: list[dict], meta: dict) -> d
 
 # --- figures (matplotlib, from the results alone) -----------------------------------------------------
 
+
+def arms_in_order(results: dict) -> list[tuple[str, dict]]:
+    """(arm, summary) in the config's arm order (the JSON file's keys are sorted)."""
+    return [(arm, results["arms"][arm]) for arm in results["config"]["arms"] if arm in results["arms"]]
+
+
 COLOURS = {"raw": "#d62728", "random": "#7f7f7f", "curated": "#1f77b4", "active": "#2ca02c"}
 
 
@@ -90,7 +97,7 @@ def learning_curves(results: dict):
         ("held-out loss (true captions)", "conditional gap (wrong - true caption)"),
         strict=True,
     ):
-        for arm, s in results["arms"].items():
+        for arm, s in arms_in_order(results):
             mean, std = np.asarray(s["curves"][metric]["mean"]), np.asarray(s["curves"][metric]["std"])
             ax.plot(s["steps"], mean, label=arm, color=COLOURS.get(arm))
             ax.fill_between(s["steps"], mean - std, mean + std, color=COLOURS.get(arm), alpha=0.2)
@@ -170,3 +177,37 @@ def sample_images_for(loaded: dict, prompts: list[str], cfg, size: int):
     from engine.s3dit.sample import sample_images
 
     return sample_images(loaded, prompts, cfg.sample_steps, cfg.guidance, seed=0, height=size, width=size)
+
+
+# --- the tables docs/payoff.md quotes (tests/test_docs.py renders them again from the file) -----------
+
+
+def pm(stat: dict, digits: int = 4, sign: bool = False) -> str:
+    fmt = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{fmt.format(stat['mean'])} ± {stat['std']:.{digits}f}"
+
+
+def arm_table(results: dict) -> list[str]:
+    """| arm | manifest rows | draws | skipped draws | held-out loss | conditional gap | s per run |"""
+    rows = []
+    for arm, s in arms_in_order(results):
+        rows.append(
+            f"| {arm} | {s['manifest_rows'][0]:,} | {s['samples_drawn']:,} | {sum(s['skipped_draws']):,} "
+            f"| {pm(s['final']['val_loss'])} | {pm(s['final']['val_gap'], 5, sign=True)} "
+            f"| {s['seconds']['mean']:.0f} |"
+        )
+    return rows
+
+
+def comparison_table(results: dict) -> list[str]:
+    """| comparison | held-out loss difference | gap difference | seeds |"""
+    rows = []
+    for name, d in results["comparisons"].items():
+        loss, gap = pm(d["val_loss"], sign=True), pm(d["val_gap"], 5, sign=True)
+        rows.append(f"| {name} | {loss} | {gap} | {d['val_loss']['n']} |")
+    return rows
+
+
+def defect_table_md(results: dict) -> list[str]:
+    """| class | pool rows | kept | removed | share of pool | share of weight |"""
+    return ["| " + " | ".join(cells) + " |" for cells in defect_rows(results)]
