@@ -15,6 +15,7 @@ temp dir); rerunning with the same ``--work`` resumes a killed run. See docs/pay
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -37,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ablate", action="store_true", help="the curated arm beside one arm per recipe step turned off"
     )
+    parser.add_argument(
+        "--redraw", action="store_true", help="only redraw the curves and the defect table from --results"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     return parser.parse_args(argv)
 
@@ -52,10 +56,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ablate:
         cfg = ablation(cfg)
     base = os.environ.get("ZCURATE_CACHE_DIR") or tempfile.gettempdir()
-    # the ablation shares the main run's folder: its pool, workspace and curated runs are reused
+    # the ablation shares the main run's folder: its pool, workspace and manifests are reused
     work = args.work or os.path.join(base, f"zcurate-payoff-{args.config}")
     results_path = args.results or os.path.join(ROOT, "bench", f"results-payoff-{cfg.name}.json")
     figures = args.figures or os.path.join(ROOT, "docs", "assets", "payoff", cfg.name)
+    if args.redraw:
+        with open(results_path, encoding="utf-8") as f:
+            results = json.load(f)
+        draw_tables_and_curves(results, figures)
+        print(f"redrew {figures}/curves.png and defects.png from {results_path}")
+        return results
     results = run_experiment(work, cfg)
     write_figures(results, figures, work, cfg)
     write_json(results_path, results)
@@ -69,15 +79,21 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def write_figures(results: dict, folder: str, work: str, cfg) -> None:
+def draw_tables_and_curves(results: dict, folder: str) -> None:
+    """curves.png and defects.png, from the results alone."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import pyarrow.parquet as pq
-
     os.makedirs(folder, exist_ok=True)
     report.learning_curves(results).savefig(os.path.join(folder, "curves.png"), dpi=110, bbox_inches="tight")
     report.defect_figure(results).savefig(os.path.join(folder, "defects.png"), dpi=110, bbox_inches="tight")
+
+
+def write_figures(results: dict, folder: str, work: str, cfg) -> None:
+    """The curves and the defect table, and the sample grid from the first seed's checkpoints."""
+    import pyarrow.parquet as pq
+
+    draw_tables_and_curves(results, folder)
     first = min(cfg.seeds)
     checkpoints = {r["arm"]: r["checkpoint"] for r in results["runs"] if r["seed"] == first}
     evaluation = pq.read_table(os.path.join(work, "data", "eval.parquet")).slice(0, cfg.grid_prompts)

@@ -192,9 +192,9 @@ def same_as_curated(work: str, arm: str, spec: dict, manifest: str) -> dict | No
 
 
 def train_arm(
-    work: str, cfg: ExperimentConfig, arm: str, seed: int, curated: dict, curated_rows: int
+    work: str, cfg: ExperimentConfig, arm: str, seed: int, curated: dict, curated_rows: int, commit: str
 ) -> dict:
-    """Train one arm for one seed (or read its finished result)."""
+    """Train one arm for one seed (or read its finished result); ``commit``: the code running."""
     from engine.s3dit.train import main as train
     from engine.s3dit.train_config import TrainConfig
 
@@ -237,7 +237,7 @@ def train_arm(
     result = {
         "arm": arm,
         "seed": seed,
-        "commit": git_state()["commit"],
+        "commit": commit,
         "training": spec,
         "manifest_rows": manifest_rows,
         "seconds": seconds,
@@ -262,7 +262,7 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
     from bench.payoff import report
 
     os.makedirs(work, exist_ok=True)
-    started = time.time()
+    started, code = time.time(), git_state()  # the code that runs: the checkout as the run starts
     log(f"payoff {cfg.name}: building the pool in {work}")
     pool = prepare_data(work, cfg)
     log(f"  {pool['pool_rows']} pool rows {pool['defects']}, {pool['eval_rows']} evaluation pairs")
@@ -293,7 +293,7 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
     runs = []
     for seed in cfg.seeds:
         for arm in cfg.arms:
-            result = train_arm(work, cfg, arm, seed, curated, curated_table.num_rows)
+            result = train_arm(work, cfg, arm, seed, curated, curated_table.num_rows, code["commit"])
             last = result["validation"][-1]
             scores = f"val_loss {last['val_loss']:.4f} gap {last['val_gap']:+.4f}"
             log(f"  {arm:8s} seed {seed}: {scores} ({result['seconds']:.0f} s)")
@@ -309,7 +309,7 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
         },
         runs=runs,
         meta={
-            **git_state(),
+            **code,
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),

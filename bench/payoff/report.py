@@ -86,29 +86,46 @@ def arms_in_order(results: dict) -> list[tuple[str, dict]]:
 COLOURS = {"raw": "#d62728", "random": "#7f7f7f", "curated": "#1f77b4", "active": "#2ca02c"}
 
 
+def paired_curves(results: dict, arm: str, baseline: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """``arm - baseline`` held-out loss per evaluation step, seed by seed: steps, mean, std."""
+    runs = results["runs"]
+    curve = {(r["arm"], r["seed"]): [row["val_loss"] for row in r["validation"]] for r in runs}
+    seeds = sorted(s for a, s in curve if a == arm and (baseline, s) in curve)
+    diffs = np.asarray([np.subtract(curve[(arm, s)], curve[(baseline, s)]) for s in seeds])  # (seeds, steps)
+    std = diffs.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(diffs.shape[1])
+    return results["arms"][arm]["steps"], diffs.mean(axis=0), std
+
+
 def learning_curves(results: dict):
-    """Held-out loss and conditional gap against step: the mean over seeds, with a +-1 std band."""
+    """Three panels against the optimizer step, each the mean over seeds with a +-1 std band: the
+    held-out loss (after the first steep drop), its difference to the baseline arm of the same seed
+    (raw, or curated in an ablation), and the conditional gap."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, title in zip(
-        axes,
-        ("val_loss", "val_gap"),
-        ("held-out loss (true captions)", "conditional gap (wrong - true caption)"),
-        strict=True,
-    ):
-        for arm, s in arms_in_order(results):
+    baseline = "raw" if "raw" in results["arms"] else "curated"
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for arm, s in arms_in_order(results):
+        colour, steps = COLOURS.get(arm), np.asarray(s["steps"])
+        late = steps >= steps.max() / 5  # the first fifth is the steep drop every arm shares
+        for ax, metric, keep in ((axes[0], "val_loss", late), (axes[2], "val_gap", slice(None))):
             mean, std = np.asarray(s["curves"][metric]["mean"]), np.asarray(s["curves"][metric]["std"])
-            ax.plot(s["steps"], mean, label=arm, color=COLOURS.get(arm))
-            ax.fill_between(s["steps"], mean - std, mean + std, color=COLOURS.get(arm), alpha=0.2)
+            ax.plot(steps[keep], mean[keep], label=arm, color=colour)
+            ax.fill_between(steps[keep], (mean - std)[keep], (mean + std)[keep], color=colour, alpha=0.2)
+        _, mean, std = paired_curves(results, arm, baseline)
+        axes[1].plot(steps, mean, label=arm, color=colour)
+        axes[1].fill_between(steps, mean - std, mean + std, color=colour, alpha=0.15)
+    titles = (
+        "held-out loss (true captions)",
+        f"held-out loss minus the {baseline} arm's (same seed)",
+        "conditional gap (wrong - true caption loss)",
+    )
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    seeds = len(results["config"]["seeds"])
-    fig.suptitle(
-        f"{results['config']['preset']} at {results['config']['resolution']} px, {seeds} seed(s): mean +- std"
-    )
+    cfg = results["config"]
+    fig.suptitle(f"{cfg['preset']} at {cfg['resolution']} px, {len(cfg['seeds'])} seed(s): mean +- std")
     fig.tight_layout()
     return fig
 
