@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
         draw_tables_and_curves(results, figures)
         print(f"redrew {figures}/curves.png and defects.png from {results_path}")
         return results
-    results = run_experiment(work, cfg)
+    command = [os.path.relpath(os.path.abspath(__file__), ROOT), *(sys.argv[1:] if argv is None else argv)]
+    results = run_experiment(work, cfg, command=command)
     write_figures(results, figures, work, cfg)
     write_json(results_path, results)
     print(f"wrote {results_path} and {figures}/{{curves,defects,samples}}.png")

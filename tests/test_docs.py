@@ -496,11 +496,12 @@ def payoff_tables(name: str) -> dict[str, list[str]]:
     from bench.payoff import report
 
     r = results(name)
-    return {
-        "arms": report.arm_table(r),
-        "comparisons": report.comparison_table(r),
-        "defects": report.defect_table_md(r),
-    }
+    tables = {"arms": report.arm_table(r), "comparisons": report.comparison_table(r)}
+    if r["curated"].get("ablated"):
+        tables["kept by each ablated manifest"] = report.ablation_kept_table(r)
+    else:
+        tables["defects"] = report.defect_table_md(r)
+    return tables
 
 
 @pytest.mark.parametrize("name", ["results-payoff-cpu.json", "results-payoff-cpu-ablation.json"])
@@ -515,6 +516,6 @@ def test_payoff_figures_are_their_results_files(name):
             f"docs/payoff.md: the {table} table of {name} differs; the file gives:\n" + "\n".join(missing)
         )
     figures = DOCS / "assets" / "payoff" / r["config"]["name"]
-    for figure in ("curves.png", "defects.png", "samples.png"):
+    for figure in ("curves.png", "samples.png"):  # the defect table is on the page as text
         assert (figures / figure).is_file()
         assert f"assets/payoff/{r['config']['name']}/{figure}" in page

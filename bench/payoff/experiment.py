@@ -255,8 +255,9 @@ def train_arm(
     return result
 
 
-def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
-    """Everything but the figures: returns the results (see ``report.summarise``)."""
+def run_experiment(work: str, cfg: ExperimentConfig, log=print, command: list[str] | None = None) -> dict:
+    """Everything but the figures: returns the results (see ``report.summarise``). ``command``:
+    the command line that ran it, recorded in the results."""
     import torch
 
     from bench.payoff import report
@@ -306,6 +307,7 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
             "rows": curated_table.num_rows,
             "defects": defects,
             "scores": arm_manifests.curation_scores(defects),
+            "ablated": ablated,
         },
         runs=runs,
         meta={
@@ -315,7 +317,7 @@ def run_experiment(work: str, cfg: ExperimentConfig, log=print) -> dict:
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
             "seconds": time.time() - started,
-            "command": f"python bench/bench_payoff.py --config {cfg.name}",
+            "command": " ".join(["python", *command]) if command else "",
         },
     )
 

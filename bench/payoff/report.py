@@ -228,3 +228,15 @@ def comparison_table(results: dict) -> list[str]:
 def defect_table_md(results: dict) -> list[str]:
     """| class | pool rows | kept | removed | share of pool | share of weight |"""
     return ["| " + " | ".join(cells) + " |" for cells in defect_rows(results)]
+
+
+def ablation_kept_table(results: dict) -> list[str]:
+    """| manifest | rows | kept of each truth class ... |: the curated manifest and each ablated one."""
+    tables = {"curated": (results["curated"]["rows"], results["curated"]["defects"])}
+    for name, ablated in sorted(results["curated"].get("ablated", {}).items()):
+        tables[f"curated-{name}"] = (ablated["rows"], ablated["defects"])
+    rows = []
+    for arm, (count, defects) in tables.items():
+        kept = " | ".join(f"{r['kept']}/{r['pool_rows']}" for r in defects)
+        rows.append(f"| {arm} | {count} | {kept} |")
+    return rows
