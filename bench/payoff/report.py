@@ -83,7 +83,16 @@ def arms_in_order(results: dict) -> list[tuple[str, dict]]:
     return [(arm, results["arms"][arm]) for arm in results["config"]["arms"] if arm in results["arms"]]
 
 
-COLOURS = {"raw": "#d62728", "random": "#7f7f7f", "curated": "#1f77b4", "active": "#2ca02c"}
+COLOURS = {
+    "raw": "#d62728",
+    "random": "#7f7f7f",
+    "curated": "#1f77b4",
+    "active": "#2ca02c",
+    "curated-no-filters": "#9467bd",
+    "curated-no-dedup": "#ff7f0e",
+    "curated-no-tilts": "#17becf",
+    "curated-no-balance": "#8c564b",
+}
 
 
 def paired_curves(results: dict, arm: str, baseline: str) -> tuple[list[int], np.ndarray, np.ndarray]:
