@@ -25,6 +25,7 @@ from engine.profiling.ingest import Reject, read_sample_image
 from engine.s3dit.conditioning import PixelLatents, TextEncoder, VaeLatents, pad_captions
 from engine.s3dit.data import read_manifest, resize_crop, to_tensor
 from engine.s3dit.model import Condition
+from engine.vectors.embedder import encode_captions
 
 VALIDATION_SEED = 20_251_127  # the noise of every validation term; the same for every run
 DEFAULT_TIMESTEPS = 5
@@ -94,7 +95,7 @@ def load_validation(
     captions = [r["caption"] or "" for r in kept]
     wrong = wrong_caption_order(captions)
     distinct = sorted(set(captions))
-    features = dict(zip(distinct, encoder.encode(distinct), strict=True))
+    features = dict(zip(distinct, encode_captions(encoder.encode, distinct), strict=True))  # batched
     generator = torch.Generator().manual_seed(VALIDATION_SEED)
     buckets = []
     for size in sorted({(r["bucket_h"], r["bucket_w"]) for r in kept}):
