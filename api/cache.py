@@ -18,15 +18,17 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from engine import schema
+from engine.embedding_models import MODELS_FILE
 from engine.workspace import Workspace
 
 
 def workspace_stamp(ws: Workspace) -> tuple:
-    """mtime_ns of every table folder and of the catalog (0 for one that does not exist)."""
+    """mtime_ns of every table folder (the active model's for ``embeddings``), of the catalog and of
+    the record of embedding models (0 for one that does not exist)."""
     stamp = []
-    for name in (*schema.TABLES, ws.catalog_file):
+    for rel in (*(ws.table_rel(name) for name in schema.TABLES), ws.catalog_file, MODELS_FILE):
         try:
-            stamp.append(os.stat(ws.path(name)).st_mtime_ns)
+            stamp.append(os.stat(ws.path(rel)).st_mtime_ns)
         except FileNotFoundError:
             stamp.append(0)
     return tuple(stamp)

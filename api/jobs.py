@@ -35,8 +35,8 @@ CANCEL_GRACE_S = 20.0  # SIGINT -> SIGKILL: Ray's shutdown takes a few seconds o
 LOG_TAIL = 4000  # bytes of the child's output kept as the error of a failed job
 # What the workspace writes itself, besides its tables and the "_" folders (_plans, _tmp, _jobs...).
 WORKSPACE_OWN = frozenset(
-    {*schema.TABLES, Workspace.index_dir, Workspace.manifests, Workspace.feedback, Workspace.boosts}
-    | {Workspace.train, Workspace.catalog_file}
+    {*schema.TABLES, Workspace.index_root, Workspace.manifests, Workspace.feedback, Workspace.boosts}
+    | {Workspace.train, Workspace.catalog_file, "models.json"}
 )
 
 
@@ -219,7 +219,7 @@ class JobRunner:
         per_step = []
         for name, table in steps:
             shards = [s for s in self.ws.list_shards(table) if s.startswith(job.prefix + "-")]
-            rows = sum(pq.ParquetFile(self.ws.path(table, f"{s}.parquet")).metadata.num_rows for s in shards)
+            rows = sum(pq.ParquetFile(self.ws.shard_path(table, s)).metadata.num_rows for s in shards)
             per_step.append(
                 {
                     "step": name,

@@ -79,7 +79,30 @@ class SearchHit(BaseModel):
 
 class SearchResult(BaseModel):
     target: Literal["image", "text"]  # the index searched
+    model_id: str | None = None  # the embedding model whose index answered (the active model)
     hits: list[SearchHit]
+
+
+# --- embedding models ------------------------------------------------------------------------
+
+
+class ModelInfo(BaseModel):
+    key: str  # short name, as 'zcurate models' shows it
+    model_id: str  # architecture@weights#hash, stored with every vector
+    spec: str | None  # what loads it (engine.vectors.model_specs)
+    dim: int  # vector width
+    active: bool
+    samples: int  # rows of its embeddings table
+
+
+class ModelList(BaseModel):
+    active: str | None  # the key of the active model (None before anything was embedded)
+    models: list[ModelInfo]
+
+
+class ActivateModel(BaseModel):
+    model: str = Field(min_length=1, description="Key, model id or spec of a model the workspace holds")
+    force: bool = False  # recompute indexes, dedup and tags even when it is already active
 
 
 # --- query -----------------------------------------------------------------------------------

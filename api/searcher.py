@@ -1,8 +1,10 @@
 """Cross-modal search for the service: the embedder and the FAISS indexes loaded once, reused.
 
-``engine.index.search_samples`` loads the index on every call, right for the CLI; a server
-keeps the loaded index and reloads it only when ``WS/index/<modality>.json`` (written last by
-``build_index``) changes. The embedder is loaded at the first search (a few seconds), once. Hits'
+``engine.vectors.search.search_samples`` loads the index on every call, right for the CLI; a
+server keeps the loaded index and reloads it only when the active model's
+``WS/index/<model>/<modality>.json`` (written last by ``build_index``) changes, or the active model
+does (``zcurate models use``). The embedder is the active model's (or ``ZCURATE_EMBEDDER``'s),
+loaded at the first search (a few seconds) and again only when the active model changes. Hits'
 captions and uris come from an in-memory lookup of the samples table, and recent text queries'
 vectors are kept.
 """
@@ -20,7 +22,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from engine.curation.pool import PoolIndex, align
-from engine.vectors.index import VectorIndex, VectorIndexError, load_index, read_meta
+from engine.embedding_models import active_model
+from engine.vectors.index import VectorIndex, VectorIndexError, index_meta_path, load_index, read_meta
 from engine.workspace import Workspace
 
 LOOKUP_MAX_ROWS = 2_000_000  # samples whose id, caption and uri a searcher holds (~300 MB at 100-character
@@ -39,31 +42,39 @@ class Searcher:
         self.ws = ws
         self.embedder_spec = embedder_spec
         self.torch_threads = torch_threads  # set process-wide when the embedder loads (None: torch's default)
-        self._embedder = None
-        self._indexes: dict[str, tuple[float, VectorIndex]] = {}
+        self._embedder: tuple[str | None, object] | None = None  # (spec, Embedder)
+        self._indexes: dict[str, tuple[tuple, VectorIndex]] = {}
         self._lock = threading.Lock()  # one load at a time; searches themselves run in parallel
-        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()  # text query -> vector, LRU
+        self._texts: OrderedDict[tuple, np.ndarray] = OrderedDict()  # (model, text) -> vector, LRU
         self._text_lock = threading.Lock()
         self._lookup: tuple[tuple, tuple[PoolIndex, pa.Table] | None] | None = None  # (stamp, lookup)
 
+    def query_spec(self) -> str | None:
+        """The spec queries are embedded with: ZCURATE_EMBEDDER's, else the active model's."""
+        if self.embedder_spec:
+            return self.embedder_spec
+        active = active_model(self.ws)
+        return active.spec if active else None
+
     def embedder(self):
-        if self._embedder is None:
+        spec = self.query_spec()
+        if self._embedder is None or self._embedder[0] != spec:
             with self._lock:
-                if self._embedder is None:
+                if self._embedder is None or self._embedder[0] != spec:
                     import torch
 
                     from engine.vectors.model_specs import load_embedder
 
                     if self.torch_threads:
                         torch.set_num_threads(self.torch_threads)
-                    self._embedder = load_embedder(self.embedder_spec)
-        return self._embedder
+                    self._embedder = (spec, load_embedder(spec))
+        return self._embedder[1]
 
     def index(self, modality: str) -> VectorIndex:
-        """The loaded index, reloaded when its metadata file is newer than the copy held."""
-        meta_path = self.ws.path(self.ws.index_dir, f"{modality}.json")
+        """The active model's index, reloaded when its metadata file is newer than the copy held."""
+        meta_path = index_meta_path(self.ws, modality)
         try:
-            stamp = os.stat(meta_path).st_mtime_ns if self.ws.is_local else 0.0
+            stamp = (meta_path, os.stat(meta_path).st_mtime_ns if self.ws.is_local else 0.0)
         except FileNotFoundError:
             stamp = None
         held = self._indexes.get(modality)
@@ -82,15 +93,17 @@ class Searcher:
     def query_text(self, text: str) -> np.ndarray:
         """The text's vector; the last TEXT_CACHE texts' vectors are kept (a search box sees the same
         queries again and again, and encoding one costs ~20 ms of CPU where the search costs ~1 ms)."""
+        embedder = self.embedder()
+        key = (embedder.model_id, text)
         with self._text_lock:
-            vector = self._texts.get(text)
+            vector = self._texts.get(key)
             if vector is not None:
-                self._texts.move_to_end(text)
+                self._texts.move_to_end(key)
                 return vector
-        vector = self.embedder().encode_texts([text])[0]
+        vector = embedder.encode_texts([text])[0]
         vector.setflags(write=False)  # shared between requests
         with self._text_lock:
-            self._texts[text] = vector
+            self._texts[key] = vector
             while len(self._texts) > TEXT_CACHE:
                 self._texts.popitem(last=False)
         return vector

@@ -52,7 +52,7 @@ from pipelines.backfill import pending_shards  # noqa: E402
 from pipelines.curate import run_curate  # noqa: E402
 from pipelines.runner import ShardRunner  # noqa: E402
 from pipelines.runtime import map_shards, ray_session  # noqa: E402
-from pipelines.stages import EmbedStage  # noqa: E402
+from pipelines.stages import EmbedStage, prepare_stages  # noqa: E402
 
 
 def git_commit() -> str:
@@ -166,8 +166,10 @@ def ray_stage(ws: Workspace, num_cpus: int, batch: int) -> dict:
     started = time.perf_counter()
     with ray_session(num_cpus):
         ray_up = time.perf_counter()
-        items, sources, _ = pending_shards(ws, "embeddings")
-        kwargs = {"ws": ws, "sources": sources, "stages": [EmbedStage(batch_size=batch)], "backfill": True}
+        stage = EmbedStage(batch_size=batch)
+        prepare_stages(ws, [stage])  # registers the model and names its table, as the engine does
+        items, sources, _ = pending_shards(ws, stage.table)
+        kwargs = {"ws": ws, "sources": sources, "stages": [stage], "backfill": True}
         results, _ = map_shards(items, ShardRunner, kwargs, desc="embed", progress=False)
         job_end = time.perf_counter()
     rows = sum(r["rows"] for r in results)

@@ -9,7 +9,18 @@ import typer
 from rich.table import Table
 
 from cli.manifest import print_manifest
-from cli.shared import NumCpusOption, WorkspaceOption, err, fail, open_workspace, out
+from cli.shared import (
+    DeviceOption,
+    GpusPerActorOption,
+    ModelOption,
+    NumCpusOption,
+    WorkspaceOption,
+    embed_spec,
+    err,
+    fail,
+    open_workspace,
+    out,
+)
 from engine.profiling.ingest import IngestConfig
 from pipelines.curate import DEFAULT_SHARD_SIZE
 
@@ -90,6 +101,9 @@ def curate(
             "'ocr,embed'; 'all' runs every image stage, 'profile' none of them."
         ),
     ] = "all",
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    gpus_per_actor: GpusPerActorOption = None,
 ) -> None:
     """Ingest and profile image-text pairs into a workspace, on Ray.
 
@@ -104,7 +118,7 @@ def curate(
 
     if shard_size < 1 or max_pixels < 1 or max_file_bytes < 1 or max_caption_chars < 1:
         fail("--shard-size, --max-pixels, --max-file-bytes and --max-caption-chars must be positive")
-    image_stages = stages_option(stages)
+    image_stages = stages_option(stages, embed_spec(Workspace(workspace), model), device, gpus_per_actor)
     try:
         src = load_source(source, kind, max_file_bytes, image_column, caption_column)
         config = IngestConfig(
@@ -127,13 +141,24 @@ def curate(
         raise typer.Exit(1)
 
 
-def stages_option(stages: str) -> list:
-    """``--stages``: the image stages named (``all``: every one; ``profile`` alone: none)."""
+def stages_option(
+    stages: str, model: str | None = None, device: str = "auto", gpus_per_actor: float | None = None
+) -> list:
+    """``--stages``: the image stages named (``all``: every one; ``profile`` alone: none), the embed
+    stage with ``model`` (checked here: a bad spec is one line, not an error inside a Ray actor)."""
+    from engine.devices import DeviceError
+    from engine.vectors.embedder import EmbedderError
+    from engine.vectors.model_specs import describe_model
     from pipelines.stages import IMAGE_STAGES, build_image_stages
 
     names = [n.strip() for n in stages.split(",") if n.strip() and n.strip() != "profile"]
+    names = list(IMAGE_STAGES) if names == ["all"] else names
     try:
-        return build_image_stages(list(IMAGE_STAGES) if names == ["all"] else names)
+        if "embed" in names:
+            describe_model(model)
+        return build_image_stages(names, model, device, gpus_per_actor)
+    except (EmbedderError, DeviceError) as e:
+        fail(str(e))
     except ValueError as e:
         fail(f"--stages: {e}")
 
@@ -212,6 +237,9 @@ def ocr(
         str | None,
         typer.Option(help="Text-line orientation model dir (default: the embedded PP-OCR v2.0 classifier)."),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (env ZCURATE_OCR_DEVICE; default cpu).")
+    ] = None,
     num_cpus: NumCpusOption = None,
 ) -> None:
     """Read the text in every image of a curated workspace (only samples without OCR rows).
@@ -230,6 +258,7 @@ def ocr(
             det_model_dir=ocr_det_model_dir,
             rec_model_dir=ocr_rec_model_dir,
             cls_model_dir=ocr_cls_model_dir,
+            device=device,
         )
         stage = OcrStage(config)
     except (OcrModelError, ValueError) as e:
@@ -257,37 +286,61 @@ def run_stage_command(stage, workspace: str, num_cpus: int | None) -> None:
 @app.command(epilog="Example: zcurate embed --workspace ./ws && zcurate sql 'SELECT clip_score FROM signals'")
 def embed(
     workspace: WorkspaceOption,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="Embedder spec: default, a heads .safetensors, ARCH@TAG, ARCH@/path/ckpt.pt, local-dir:DIR."
-        ),
-    ] = None,
+    model: ModelOption = None,
+    device: DeviceOption = "auto",
+    gpus_per_actor: GpusPerActorOption = None,
+    activate: Annotated[
+        bool,
+        typer.Option(help="Make this model the workspace's active model (index, dedup and tags follow)."),
+    ] = False,
     num_cpus: NumCpusOption = None,
 ) -> None:
-    """Embed images and captions of a curated workspace (only shards without embeddings).
+    """Embed images and captions of a curated workspace with one model (shards it has not embedded).
 
-    Writes embeddings/ (image and caption vectors, float16, L2-normalised) and adds clip_score
-    (their cosine) to the signals view. The default model works offline.
+    Writes that model's embeddings table (image and caption vectors at the model's width, float16,
+    L2-normalised, and clip_score, their cosine) and builds its FAISS indexes. A workspace holds
+    several models side by side; the first is active (clip_score in signals, dedup, tags, search)
+    until 'zcurate models use' or --activate switches. The default model works offline.
     """
+    from engine.devices import DeviceError
     from engine.vectors.embedder import EmbedderError
-    from engine.vectors.model_specs import load_embedder
+    from engine.vectors.index import build_index
+    from engine.vectors.model_specs import describe_model
+    from engine.workspace import Workspace
+    from pipelines.models import ModelSwitchError, use_model
     from pipelines.stages import EmbedStage
 
-    if model not in (None, "default"):
+    try:  # a bad spec or device fails here, in one line, not inside a Ray actor
+        spec = describe_model(embed_spec(Workspace(workspace), model)).spec
+        stage = EmbedStage(model=spec, device=device, gpus_per_actor=gpus_per_actor)
+    except (EmbedderError, DeviceError) as e:
+        fail(str(e))
+    ws = open_workspace(workspace)
+    run_stage_command(stage, workspace, num_cpus)
+    key = stage.table.partition("@")[2]
+    for modality in ("image", "text"):
+        build_index(ws, modality, model=key)
+    if activate:
         try:
-            load_embedder(model)  # a bad spec fails here, in one line, not inside a Ray actor
-        except EmbedderError as e:
+            switched = use_model(ws, key)
+        except ModelSwitchError as e:
             fail(str(e))
-    run_stage_command(EmbedStage(model=model), workspace, num_cpus)
+        out.print(f"active model: {key}" + ("" if switched.changed else " (already)"))
 
 
 @app.command(epilog="Example: zcurate safety --workspace ./ws")
 def safety(
     workspace: WorkspaceOption,
+    device: DeviceOption = "auto",
+    gpus_per_actor: GpusPerActorOption = None,
     num_cpus: NumCpusOption = None,
 ) -> None:
     """Score every curated image with Yahoo's open_nsfw (nsfw_score in signals; shards missing it)."""
+    from engine.devices import DeviceError
     from pipelines.stages import SafetyStage
 
-    run_stage_command(SafetyStage(), workspace, num_cpus)
+    try:
+        stage = SafetyStage(device=device, gpus_per_actor=gpus_per_actor)
+    except DeviceError as e:
+        fail(str(e))
+    run_stage_command(stage, workspace, num_cpus)

@@ -64,6 +64,42 @@ class OutputFormat(StrEnum):
 FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 OutputOption = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")]
 NumCpusOption = Annotated[int | None, typer.Option(help="CPUs for the local Ray (default: all).")]
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Embedder spec: default, a heads .safetensors, ARCH@TAG, ARCH@/path/ckpt.pt, local-dir:DIR "
+        "(default: the workspace's active model, else the embedded default).",
+    ),
+]
+DeviceOption = Annotated[
+    str, typer.Option(help="Where the image models run: auto (CUDA when present), cpu, cuda, cuda:N.")
+]
+GpusPerActorOption = Annotated[
+    float | None,
+    typer.Option(
+        help="On CUDA: the share of a GPU each stage actor takes (default 0.125: 8 actors per GPU)."
+    ),
+]
+
+
+def checked_device(device: str) -> str:
+    """``--device`` as ``cpu`` or ``cuda:N`` (engine.devices), or one line and exit 2."""
+    from engine.devices import DeviceError, resolve_device
+
+    try:
+        return resolve_device(device)
+    except DeviceError as e:
+        fail(str(e))
+
+
+def embed_spec(ws: Workspace, model: str | None) -> str | None:
+    """``--model``, else the spec of the workspace's active model (None: the embedded default)."""
+    from engine.embedding_models import active_model
+
+    if model:
+        return model
+    active = active_model(ws) if ws.exists() else None
+    return active.spec if active else None
 
 
 def fail(message: str) -> None:

@@ -10,10 +10,13 @@ from typing import Annotated
 import typer
 
 from cli.shared import (
+    DeviceOption,
     FormatOption,
     OutputFormat,
     OutputOption,
     WorkspaceOption,
+    checked_device,
+    embed_spec,
     fail,
     open_workspace,
     out,
@@ -76,20 +79,36 @@ def index_cmd(
     hnsw_m: Annotated[int, typer.Option(help="HNSW neighbours per node.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the training sample and k-means.")] = 0,
     rebuild: Annotated[bool, typer.Option(help="Rebuild from scratch instead of appending.")] = False,
+    model: Annotated[
+        str | None, typer.Option(help="Model key (see 'zcurate models'); default: the active model.")
+    ] = None,
+    device: DeviceOption = "auto",
 ) -> None:
-    """Build (or extend with new embeddings shards) the image and text FAISS indexes.
+    """Build (or extend with new embeddings shards) one model's image and text FAISS indexes.
 
-    Written to WS/index/: <modality>.faiss, its id map and a JSON with the model id and params.
+    Written to WS/index/<model>/: <modality>.faiss, its id map and a JSON with the model id and params.
     """
+    from engine.embedding_models import ModelRegistryError, find_model
     from engine.vectors.index import IndexConfig, VectorIndexError, build_index
 
     ws = open_workspace(workspace, needs="embeddings")
+    try:
+        key = find_model(ws, model).key if model else None
+    except ModelRegistryError as e:
+        fail(str(e))
     config = IndexConfig(
-        kind=kind, exact_max=exact_max, nlist=nlist, pq_m=pq_m, nprobe=nprobe, hnsw_m=hnsw_m, seed=seed
+        kind=kind,
+        exact_max=exact_max,
+        nlist=nlist,
+        pq_m=pq_m,
+        nprobe=nprobe,
+        hnsw_m=hnsw_m,
+        seed=seed,
+        device=checked_device(device),
     )
     for modality in ("image", "text"):
         try:
-            meta = build_index(ws, modality, config, rebuild=rebuild)
+            meta = build_index(ws, modality, config, rebuild=rebuild, model=key)
         except VectorIndexError as e:
             fail(str(e))
         if meta is None:
@@ -111,7 +130,7 @@ def search(
     target: Annotated[str, typer.Option(help="Index to search: image or text.")] = "image",
     k: Annotated[int, typer.Option("-k", help="How many results.")] = 10,
     model: Annotated[
-        str | None, typer.Option(help="Embedder spec; default: the embedded default model.")
+        str | None, typer.Option(help="Embedder spec; default: the workspace's active model.")
     ] = None,
     format: FormatOption = OutputFormat.table,
     output: OutputOption = None,
@@ -122,8 +141,9 @@ def search(
 
     from engine.profiling.ingest import to_rgb
     from engine.vectors.embedder import EmbedderError
-    from engine.vectors.index import VectorIndexError, read_meta, search_samples
+    from engine.vectors.index import VectorIndexError, read_meta
     from engine.vectors.model_specs import load_embedder
+    from engine.vectors.search import search_samples
     from engine.workspace import Workspace
 
     if (text is None) == (image is None):
@@ -137,7 +157,7 @@ def search(
     if meta is None:
         fail(f"no {target} index in {workspace}: run 'zcurate index --workspace {workspace}' first")
     try:
-        embedder = load_embedder(model)
+        embedder = load_embedder(embed_spec(ws, model))
     except EmbedderError as e:
         fail(str(e))
     if embedder.model_id != meta["model_id"]:
@@ -176,6 +196,7 @@ def dedup(
     k: Annotated[int, typer.Option("-k", help="Neighbours per image in the k-NN graph.")] = 16,
     method: Annotated[str, typer.Option(help="Community detection: louvain or leiden.")] = "louvain",
     seed: Annotated[int, typer.Option(help="Seed of the community detection.")] = 0,
+    device: DeviceOption = "auto",
 ) -> None:
     """Find near-duplicate communities (k-NN graph over the image index + pHash) and mark one
     representative each: table dedup, view near_duplicates."""
@@ -186,7 +207,14 @@ def dedup(
     ws = open_workspace(workspace)
     if not -1 <= threshold <= 1 or method not in ("louvain", "leiden") or k < 1:
         fail("--threshold must be in [-1, 1], --method louvain or leiden, -k positive")
-    config = DedupConfig(threshold=threshold, phash_distance=phash_distance, k=k, method=method, seed=seed)
+    config = DedupConfig(
+        threshold=threshold,
+        phash_distance=phash_distance,
+        k=k,
+        method=method,
+        seed=seed,
+        device=checked_device(device),
+    )
     try:
         summary = dedup_workspace(ws, config)
     except (VectorIndexError, ValueError) as e:

@@ -11,7 +11,10 @@ clip_score, ...) joined in by sample_id, null where a stage has not run. Derived
 * ``near_duplicates``: communities of table ``dedup`` (engine/vectors/dedup.py) with more than one
   sample;
 * ``zcurate_catalog``: the workspace root the views were made for; a reader that finds another
-  root (the workspace was moved or copied) rebuilds the catalog.
+  root (the workspace was moved or copied) rebuilds the catalog;
+* ``models``: the embedding models the workspace holds (``engine.embedding_models``), which one is
+  active (``embeddings``, ``clip_score`` and ``near_duplicates`` are the active model's), and
+  ``clip_scores``: every model's clip_score per sample, with the model it came from.
 
 The file is rebuilt atomically (new file, then rename), so ``duckdb WS/catalog.duckdb``,
 ``zcurate sql`` and the API always open a complete catalog. Workspaces on object storage get
@@ -103,7 +106,7 @@ def _quote(text: str) -> str:
 def _table_relation(con: duckdb.DuckDBPyConnection, ws: Workspace, name: str) -> str:
     """SQL naming a table's rows: its shards through a glob, or an empty table with its columns."""
     if ws.list_shards(name):
-        return f"read_parquet({_quote(ws.local_uri(name, '*.parquet'))}, union_by_name = true)"
+        return f"read_parquet({_quote(ws.local_uri(ws.table_rel(name), '*.parquet'))}, union_by_name = true)"
     # No shards yet: an empty table with the right columns, so queries still run.
     # DuckDB cannot scan Arrow float16 (the embeddings vectors): an empty table reads them as float32.
     empty = pa.schema(
@@ -111,13 +114,38 @@ def _table_relation(con: duckdb.DuckDBPyConnection, ws: Workspace, name: str) ->
             f.with_type(pa.list_(pa.float32(), f.type.list_size))
             if pa.types.is_fixed_size_list(f.type) and pa.types.is_float16(f.type.value_type)
             else f
-            for f in schema.TABLES[name]
+            for f in ws.table_schema(name)
         ]
     ).empty_table()
+    table = "_empty_" + name.replace("@", "_").replace("-", "_")
     con.register("empty_arrow", empty)
-    con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM empty_arrow")
+    con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM empty_arrow")
     con.unregister("empty_arrow")
-    return f"_empty_{name}"
+    return table
+
+
+def _model_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
+    """``models`` (one row per embedding model) and ``clip_scores`` (every model's scores)."""
+    from engine.embedding_models import active_model, list_models
+
+    models, active = list_models(ws), active_model(ws)
+    rows = [
+        {"key": m.key, "model_id": m.model_id, "spec": m.spec, "dim": m.dim, "active": m.key == active.key}
+        for m in models
+    ]
+    columns = [("key", pa.string()), ("model_id", pa.string()), ("spec", pa.string()), ("dim", pa.int32())]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([*columns, ("active", pa.bool_())]))
+    con.register("models_arrow", table)
+    con.execute("CREATE OR REPLACE TABLE models AS SELECT * FROM models_arrow")
+    con.unregister("models_arrow")
+    parts = [
+        f"SELECT sample_id, {_quote(m.key)} AS model_key, model_id, clip_score "
+        f"FROM {_table_relation(con, ws, 'embeddings@' + m.key)}"
+        for m in models
+    ]
+    empty = "SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS model_key, NULL::VARCHAR AS model_id, "
+    empty += "NULL::FLOAT AS clip_score WHERE false"
+    con.execute(f"CREATE OR REPLACE VIEW clip_scores AS {' UNION ALL '.join(parts) or empty}")
 
 
 def _signals_sql(relations: dict[str, str]) -> str:
@@ -137,6 +165,7 @@ def create_views(con: duckdb.DuckDBPyConnection, ws: Workspace) -> None:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
     for name, sql in DERIVED_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
+    _model_views(con, ws)
     # The views hold absolute paths; remembering the root lets a reader spot a moved workspace.
     con.execute(
         f"CREATE OR REPLACE VIEW zcurate_catalog AS SELECT {_quote(ws.local_uri())} AS workspace_root"

@@ -208,7 +208,8 @@ SIGNAL_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 # --- embeddings and safety: the Cross-modal Vector Engine's vectors and the NSFW score -----------
 
-EMBED_DIM = 256  # the embedded default embedder's width; another model's width needs its own
+EMBED_DIM = 256  # the embedded default embedder's width; each model's table has its own width
+# (engine.embedding_models records it; Workspace.table_schema gives the table's columns)
 
 
 def embeddings_schema(dim: int = EMBED_DIM) -> pa.Schema:

@@ -6,7 +6,9 @@ method, and relative to the workspace root::
     WS/<table>/<shard_id>.parquet     one file per shard of work, per table (schema.TABLES)
     WS/_plans/<kind>-<key>.parquet    the record -> shard assignment of each source (plan_rel)
     WS/_plans/<kind>-<key>.json       how that source was opened and judged (source_config_rel)
-    WS/index/<modality>.*             FAISS indexes, id maps and their metadata (index_dir)
+    WS/embeddings/<model>/<shard_id>.parquet  each embedding model's vectors (table_rel)
+    WS/index/<model>/<modality>.*     FAISS indexes, id maps and their metadata (index_rel)
+    WS/models.json                    the embedding models held, and the active one (engine.embedding_models)
     WS/manifests/<stage>/<id>.*       stage manifests and their sidecars (manifest_rel)
     WS/feedback/<stage>/<step>.parquet  the trainer's per-concept loss reports (feedback_rel)
     WS/boosts/<stage>/<hash>.parquet  user boosts of samples for a stage (boost_rel)
@@ -34,7 +36,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from engine import schema
+from engine import embedding_models, schema
 
 PARQUET = ".parquet"
 
@@ -96,12 +98,37 @@ class Workspace:
     failed = "_failed"  # one record per shard that failed every attempt
     jobs = "_jobs"  # the service's curation jobs' output
     cache = "_cache"  # derived files (thumbnails, concept vectors) that can be remade at any time
-    index_dir = "index"  # the FAISS indexes (engine.vectors.index)
+    index_root = "index"  # the FAISS indexes, one folder per embedding model (engine.vectors.index)
     manifests = "manifests"  # stage manifests (engine.curation.manifest)
     feedback = "feedback"  # trainer reports (engine.s3dit.concept_loss, engine.curation.feedback)
     boosts = "boosts"  # user boosts (engine.curation.feedback)
     train = "train"  # the bundled trainer's runs (engine.s3dit.train)
     catalog_file = "catalog.duckdb"  # DuckDB views over the tables (engine.catalog)
+
+    def table_rel(self, table_name: str) -> str:
+        """The folder of a table's shards: its name, except ``embeddings`` (the active model's
+        folder) and ``embeddings@KEY`` (model KEY's), see ``engine.embedding_models``."""
+        if embedding_models.split_table_name(table_name)[0] == embedding_models.EMBEDDINGS:
+            return embedding_models.table_dir(self, table_name)
+        return table_name
+
+    def table_schema(self, table_name: str) -> pa.Schema:
+        """A table's columns; an embeddings table's vectors have its model's width."""
+        base, _ = embedding_models.split_table_name(table_name)
+        if base == embedding_models.EMBEDDINGS:
+            return schema.embeddings_schema(embedding_models.model_dim(self, table_name) or schema.EMBED_DIM)
+        return schema.TABLES[table_name]
+
+    def table_names(self) -> list[str]:
+        """Every table a shard can have rows in: ``schema.TABLES``, each embedding model's table by
+        its own name (``embeddings@KEY``) in place of ``embeddings``."""
+        keys = [model.key for model in embedding_models.list_models(self)]
+        models = [f"{embedding_models.EMBEDDINGS}@{key}" for key in keys] or [embedding_models.EMBEDDINGS]
+        return [name for name in schema.TABLES if name != embedding_models.EMBEDDINGS] + models
+
+    def index_rel(self, model_key: str | None = None) -> str:
+        """The folder of one embedding model's FAISS indexes (None: the active model's)."""
+        return embedding_models.index_dir(self, model_key)
 
     def plan_rel(self, prefix: str) -> str:
         """The saved plan of the source whose shard ids start with ``prefix`` (``<kind>-<key>``)."""
@@ -174,23 +201,33 @@ class Workspace:
     # --- tables -------------------------------------------------------------------------------
 
     def write_shard(self, table_name: str, shard_id: str, table: pa.Table) -> None:
-        """Write one shard of a table atomically, cast to the table's schema."""
-        table = table.select(schema.TABLES[table_name].names).cast(schema.TABLES[table_name])
-        self.write_parquet(f"{table_name}/{shard_id}{PARQUET}", table)
+        """Write one shard of a table atomically, cast to the table's schema (an embeddings shard
+        keeps the width of its vectors)."""
+        if embedding_models.split_table_name(table_name)[0] == embedding_models.EMBEDDINGS:
+            target = schema.embeddings_schema(embedding_models.vector_width(table))
+        else:
+            target = schema.TABLES[table_name]
+        table = table.select(target.names).cast(target)
+        self.write_parquet(f"{self.table_rel(table_name)}/{shard_id}{PARQUET}", table)
 
     def list_shards(self, table_name: str) -> list[str]:
         """The ids of the complete shards of a table, sorted."""
-        return [name[: -len(PARQUET)] for name in self.list_files(table_name, PARQUET)]
+        return [name[: -len(PARQUET)] for name in self.list_files(self.table_rel(table_name), PARQUET)]
 
     def has_shard(self, table_name: str, shard_id: str) -> bool:
-        return self.exists(table_name, f"{shard_id}{PARQUET}")
+        return self.exists(self.table_rel(table_name), f"{shard_id}{PARQUET}")
 
     def shard_files(self, table_name: str) -> list[str]:
         """Filesystem paths of a table's shard files, sorted by shard id."""
-        return [self.path(table_name, f"{s}{PARQUET}") for s in self.list_shards(table_name)]
+        folder = self.table_rel(table_name)
+        return [self.path(folder, name) for name in self.list_files(folder, PARQUET)]
 
     def read_shard(self, table_name: str, shard_id: str) -> pa.Table:
-        return pq.read_table(self.path(table_name, f"{shard_id}{PARQUET}"), filesystem=self.fs)
+        return pq.read_table(self.shard_path(table_name, shard_id), filesystem=self.fs)
+
+    def shard_path(self, table_name: str, shard_id: str) -> str:
+        """The filesystem path of one shard of a table."""
+        return self.path(self.table_rel(table_name), f"{shard_id}{PARQUET}")
 
     def read_table(
         self, table_name: str, columns: list[str] | None = None, filter: pc.Expression | None = None
@@ -198,7 +235,7 @@ class Workspace:
         """All shards of a table as one Arrow table (empty with the right schema when none);
         ``filter`` (a pyarrow.compute expression) is applied while scanning."""
         files = self.shard_files(table_name)
-        table_schema = schema.TABLES[table_name]
+        table_schema = self.table_schema(table_name)
         if not files:
             empty = table_schema.empty_table()
             return empty.select(columns) if columns else empty

@@ -21,7 +21,7 @@ from engine.profiling.plan import load_plans
 from engine.workspace import Workspace
 from pipelines.runner import ShardRunner
 from pipelines.runtime import map_shards, ray_session, record_failure
-from pipelines.stages import Stage
+from pipelines.stages import Stage, prepare_stages
 
 
 @dataclass
@@ -67,6 +67,7 @@ def run_image_stage(
         refresh: rebuild the catalog afterwards (the curate job does it once at its end).
     """
     started = time.monotonic()
+    prepare_stages(ws, [stage])  # before its table is read: the embed stage names its model's table here
     items, sources, total = pending_shards(ws, stage.table)
     results: list[dict] = []
     failed: dict[str, str] = {}

@@ -44,7 +44,7 @@ from pipelines.backfill import run_image_stage
 from pipelines.progress import step_progress
 from pipelines.runner import ShardRunner
 from pipelines.runtime import clear_failures, map_shards, ray_session, record_failure
-from pipelines.stages import ProfileStage, Stage
+from pipelines.stages import ProfileStage, Stage, prepare_stages
 
 if TYPE_CHECKING:
     from engine.graph.tagging import TagSummary
@@ -100,7 +100,7 @@ def mark_duplicate_rows(ws: Workspace) -> int:
                 dropped.add(sample["sample_id"])
                 reject_duplicate(sample, kept_by_row[sample["row_index"]], source_key)
         dropped_ids = pa.array(sorted(dropped), pa.string())
-        for table_name in schema.TABLES:
+        for table_name in ws.table_names():
             if table_name != "samples" and ws.has_shard(table_name, shard_id):
                 table = ws.read_shard(table_name, shard_id)
                 ws.write_shard(
@@ -145,10 +145,10 @@ def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) 
     )
 
 
-def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[Stage]) -> TagSummary | None:
+def run_tagging(ws: Workspace, progress: bool | None) -> TagSummary | None:
     """Tag the workspace unless its tags are up to date or the graph extra is not installed.
 
-    CLIP zero-shot tags use the embed stage's model, so they match the stored image vectors.
+    CLIP zero-shot tags use the workspace's active model (``engine.embedding_models``).
     """
     try:
         from engine.graph.tagging import TagConfig, tag_workspace, tags_up_to_date
@@ -156,8 +156,7 @@ def run_tagging(ws: Workspace, progress: bool | None, image_stages: list[Stage])
         return None
     if tags_up_to_date(ws):
         return None
-    model = next((getattr(s, "model", None) for s in image_stages if s.name == "embed"), None)
-    return tag_workspace(ws, config=TagConfig(embedder=model), progress=progress)
+    return tag_workspace(ws, config=TagConfig(), progress=progress)
 
 
 def run_curate(
@@ -206,10 +205,12 @@ def run_curate(
         summary.work_span_s = max(f["finished"] for f in finished) - min(f["started"] for f in finished)
         summary.shard_busy_s = sum(f["finished"] - f["started"] for f in finished)
     with step_progress("index and dedup", show=progress):
-        index_and_dedup(ws)  # the vector engine's global steps, when embeddings exist
+        # the vector engine's global steps, when embeddings exist; on the embed stage's device
+        device = next((s.device for s in image_stages if s.name == "embed"), "cpu")
+        index_and_dedup(ws, device=device)
     if tag:  # a global step: the graph grows with all the captions
         with step_progress("tag", show=progress):
-            summary.tagging = run_tagging(ws, progress, list(image_stages))
+            summary.tagging = run_tagging(ws, progress)
     with step_progress("catalog", show=progress):
         summary.catalog = refresh_catalog(ws)
     return summary
@@ -221,6 +222,7 @@ def curate_runner_kwargs(
     """What a curate job's ``ShardRunner`` is built from on each actor: the source, profile and the
     image stages asked for (``ShardRunner(**curate_runner_kwargs(...))`` runs a shard in-process)."""
     stages = [ProfileStage(), *image_stages]
+    prepare_stages(ws, stages)  # in the driver: the embed stage registers its model and names its table
     return {"ws": ws, "sources": {plan.source_key: (source, plan, config)}, "stages": stages}
 
 

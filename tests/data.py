@@ -206,5 +206,6 @@ def run_shards_here(ws, source, plan, stages=()) -> list[dict]:
     from pipelines.curate import curate_runner_kwargs, shard_item
     from pipelines.runner import ShardRunner
 
+    # curate_runner_kwargs prepares the stages (the embed stage registers its model), as curate does
     runner = ShardRunner(**curate_runner_kwargs(ws, source, plan, IngestConfig(), list(stages)))
     return [runner(shard_item(plan, index)) for index in range(plan.shard_count)]

@@ -42,7 +42,7 @@ def run_search(state: State, query_of, target: str, k: int) -> SearchResult:
         raise ApiError(409, "index_unavailable", str(e)) from None
     except EmbedderError as e:
         raise ApiError(409, "embedder_unavailable", str(e)) from None
-    return SearchResult(target=target, hits=hits)
+    return SearchResult(target=target, model_id=state.searcher.embedder().model_id, hits=hits)
 
 
 @router.get("/search", response_model=SearchResult)

@@ -81,9 +81,10 @@ def input_fingerprints(ws: Workspace) -> dict[str, dict]:
     result = {}
     for table in INPUT_TABLES:
         digest = hashlib.sha256()
-        files = ws.list_files(table, ".parquet")
+        folder = ws.table_rel(table)  # embeddings: the active model's
+        files = ws.list_files(folder, ".parquet")
         for name in files:
-            path = ws.path(table, name)
+            path = ws.path(folder, name)
             size = ws.fs.get_file_info(path).size
             with ws.fs.open_input_file(path) as f:
                 f.seek(max(0, size - FOOTER_BYTES))

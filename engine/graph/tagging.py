@@ -185,12 +185,15 @@ def tag_shards(ws, shards: list[str], matcher: ConceptMatcher, summary: TagSumma
 
 def tags_up_to_date(ws) -> bool:
     """Whether ``tags`` and the graph are newer than every ``samples``, ``ocr`` and ``embeddings``
-    shard, so a rerun of a finished curate job can skip tagging."""
+    shard (and the record of the active model), so a rerun of a finished curate job can skip tagging."""
     from engine import schema
+    from engine.embedding_models import MODELS_FILE
 
     samples = ws.list_shards("samples")
     if not samples or set(ws.list_shards("tags")) != set(samples) or not ws.list_shards("concepts"):
         return False
     inputs = ws.shard_files("samples") + ws.shard_files("ocr") + ws.shard_files("embeddings")
+    if ws.exists(MODELS_FILE):  # rewritten when the active model changes: zero-shot tags follow it
+        inputs.append(ws.path(MODELS_FILE))
     infos = ws.fs.get_file_info([*inputs, ws.path("concepts", f"{schema.GRAPH_SHARD}.parquet")])
     return max(i.mtime for i in infos[:-1]) <= infos[-1].mtime

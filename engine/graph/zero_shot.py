@@ -18,22 +18,24 @@ if TYPE_CHECKING:  # tagging imports this module: its config is only an annotati
 
 
 def load_clip_embedder(ws, embedder_spec: str | None) -> tuple[object | None, str]:
-    """The embedder that made the workspace's ``embeddings``, or None and why zero-shot is off."""
-    shards = ws.list_shards("embeddings")
-    if not shards:
+    """The embedder of the workspace's active model (``engine.embedding_models``), or None and why
+    zero-shot is off. ``embedder_spec`` overrides the recorded spec (same weights, another path)."""
+    from engine.embedding_models import active_model
+
+    active = active_model(ws)
+    if active is None or not ws.list_shards("embeddings"):
         return None, "no embeddings table (run 'zcurate embed' first)"
+    spec = embedder_spec or active.spec or "default"  # not recorded (an adopted workspace): try the default
     try:
         from engine.vectors.model_specs import load_embedder
     except ImportError as e:  # torch/open_clip come with the [all] extra
         return None, f"the embedder cannot be imported: {e}"
-    model_ids = ws.read_shard("embeddings", shards[0]).column("model_id").drop_null()
-    made_by = model_ids[0].as_py() if len(model_ids) else None
     try:
-        embedder = load_embedder(embedder_spec)
+        embedder = load_embedder(spec)
     except Exception as e:  # a bad spec or missing weights: tag without CLIP, say why
-        return None, f"embedder {embedder_spec or 'default'}: {e}"
-    if made_by != embedder.model_id:
-        return None, f"embeddings were made by {made_by}, the embedder is {embedder.model_id}"
+        return None, f"embedder {spec}: {e}"
+    if active.model_id != embedder.model_id:
+        return None, f"embeddings were made by {active.model_id}, the embedder is {embedder.model_id}"
     return embedder, ""
 
 

@@ -8,22 +8,41 @@
   without paddle.
 
 Both CTC decoders are wrapped so that dropped word spaces come back (``engine.profiling.ocr_spaces``).
+
+Device (``OcrConfig.device``): the CPU by default. On ``cuda:N`` RapidOCR's three ONNX sessions
+run on onnxruntime's CUDA provider, and PaddleOCR gets ``device="gpu:N"`` (Paddle's spelling), so
+its ONNX Runtime engine uses the CUDA provider on GPU N, or Paddle Inference runs on GPU N. When
+the backend cannot use the GPU (``onnxruntime`` without its CUDA provider, a paddle built without
+CUDA) it warns and runs on the CPU; ``backend.device`` says where it runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from engine.profiling.ocr_models import MIN_SIDE, OcrConfig, model_name, offline_env, resolve_model_dirs
+from engine.devices import device_index, is_cuda, onnx_providers
+from engine.profiling.ocr_models import (
+    MIN_SIDE,
+    OcrConfig,
+    model_name,
+    ocr_device,
+    offline_env,
+    resolve_model_dirs,
+)
 from engine.profiling.ocr_spaces import PaddleSpacedDecode, RapidSpacedDecode
 
 
 class PaddleOcrBackend:
-    """PaddleOCR 3.x's OCR pipeline on local model dirs (ONNX Runtime or Paddle Inference)."""
+    """PaddleOCR 3.x's OCR pipeline on local model dirs (ONNX Runtime or Paddle Inference).
+
+    On ``cuda:N`` it runs on ``gpu:N``; when its engine has no CUDA (see ``paddle_device``) it
+    warns and runs on the CPU. ``self.device`` is where it runs.
+    """
 
     name = "paddleocr"
 
@@ -33,17 +52,21 @@ class PaddleOcrBackend:
 
             dirs = resolve_model_dirs(config)
             onnx = all((dirs[r] / "inference.onnx").is_file() for r in ("det", "rec", "cls"))
+            device = ocr_device(config)  # an unknown or absent CUDA device fails before paddle loads
 
             from paddleocr import PaddleOCR
 
             logging.getLogger("paddlex").setLevel(logging.WARNING)
-            kwargs: dict = {"device": "cpu"}
+            self.device = paddle_device(device, onnx)
+            kwargs: dict = {"device": "cpu" if self.device == "cpu" else f"gpu:{device_index(self.device)}"}
             if onnx:
                 kwargs["engine"] = "onnxruntime"
                 kwargs["engine_config"] = {
                     "intra_op_num_threads": config.num_threads,
                     "inter_op_num_threads": 1,
                 }
+                if is_cuda(self.device):  # PaddleX's runner then asks for the CUDA provider on GPU N
+                    kwargs["engine_config"].update(device_type="gpu", device_id=device_index(self.device))
             else:  # Paddle-format dirs: Paddle Inference without oneDNN (it crashes on this CPU)
                 kwargs.update(enable_mkldnn=False, cpu_threads=config.num_threads)
             self.pipeline = PaddleOCR(
@@ -71,8 +94,28 @@ class PaddleOcrBackend:
         return list(zip(result["rec_texts"], result["rec_scores"], result["rec_polys"], strict=True))
 
 
+def paddle_device(device: str, onnx: bool) -> str:
+    """The device PaddleOCR can run on: ``device`` (cpu or cuda:N), or cpu with a warning when the
+    engine it would use has no CUDA (onnxruntime's CUDA provider for ONNX models, a CUDA build of
+    paddle for Paddle-format ones); PaddleX itself would raise instead."""
+    if not is_cuda(device):
+        return "cpu"
+    if onnx:
+        return device if len(onnx_providers(device)) > 1 else "cpu"  # onnx_providers warns
+    import paddle
+
+    if paddle.device.is_compiled_with_cuda():
+        return device
+    warnings.warn("paddle is built without CUDA (install paddlepaddle-gpu): OCR on the CPU", stacklevel=2)
+    return "cpu"
+
+
 class RapidOcrBackend:
-    """RapidOCR on ONNX Runtime with the same models and the same detector settings."""
+    """RapidOCR on ONNX Runtime with the same models and the same detector settings.
+
+    On ``cuda:N`` its sessions run on onnxruntime's CUDA provider; without that provider it warns
+    and runs on the CPU (see ``_rapid_sessions_to_cuda``). ``self.device`` is where it runs.
+    """
 
     name = "rapidocr"
 
@@ -81,6 +124,7 @@ class RapidOcrBackend:
             from rapidocr_onnxruntime import RapidOCR
 
             dirs = resolve_model_dirs(config)
+            device = ocr_device(config)  # an unknown or absent CUDA device fails before any session
 
             threads = config.num_threads
             self.engine = RapidOCR(
@@ -112,10 +156,47 @@ class RapidOcrBackend:
             )
             rec = self.engine.text_rec
             rec.postprocess_op = RapidSpacedDecode(rec.postprocess_op)  # word spaces, see restore_spaces
+            self.device = "cpu"
+            if is_cuda(device):
+                self.device = _rapid_sessions_to_cuda(self.engine, dirs, device, threads)
 
     def read(self, bgr: np.ndarray) -> list[tuple[str, float, np.ndarray]]:
         found, _ = self.engine(bgr)
         return [(text, float(score), np.asarray(box, dtype=np.float64)) for box, text, score in found or []]
+
+
+def _rapid_sessions_to_cuda(engine, dirs: dict[str, Path], device: str, threads: int) -> str:
+    """Rebuild RapidOCR's det/cls/rec sessions on the CUDA provider of ``device``; returns where
+    they run (``device``, or cpu with a warning when onnxruntime has no working CUDA provider).
+
+    RapidOCR's own ``*_use_cuda`` options always pick GPU 0, so the CPU sessions it built are
+    replaced with sessions on ``onnx_providers(device)`` (same model files and thread settings);
+    the detector/recogniser objects read ``.session`` at each call, so nothing else changes.
+    """
+    import onnxruntime as ort
+
+    providers = onnx_providers(device)  # warns and gives the CPU provider when CUDA is missing
+    if len(providers) == 1:
+        return "cpu"
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # RapidOCR's session options (OrtInferSession)
+    options.enable_cpu_mem_arena = False
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    wrappers = {"det": engine.text_det.infer, "cls": engine.text_cls.infer, "rec": engine.text_rec.session}
+    sessions = {}
+    for role, wrapper in wrappers.items():
+        session = ort.InferenceSession(str(_onnx_file(dirs[role])), sess_options=options, providers=providers)
+        if "CUDAExecutionProvider" not in session.get_providers():  # installed but did not start
+            warnings.warn(
+                f"onnxruntime's CUDA provider did not start on {device}: OCR on the CPU", stacklevel=2
+            )
+            return "cpu"
+        sessions[role] = (wrapper, session)
+    for wrapper, session in sessions.values():
+        wrapper.session = session
+    return device
 
 
 def _onnx_file(model_dir: Path) -> Path:

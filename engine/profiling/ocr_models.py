@@ -5,7 +5,9 @@ PaddleOCR 3.x reads a model directory holding ``inference.onnx`` plus an ``infer
 once under the cache directory for the embedded models (the ONNX files inside the
 ``rapidocr-onnxruntime`` wheel): a link to the wheel's ONNX file and a YAML written from the
 model's own metadata. Other PaddleOCR model directories are chosen by config (``OcrConfig``,
-``ZCURATE_OCR_*`` variables, CLI options) and checked here before anything loads.
+``ZCURATE_OCR_*`` variables, CLI options) and checked here before anything loads. So is the
+device (``OcrConfig.device``, ``ZCURATE_OCR_DEVICE``: ``auto|cpu|cuda|cuda:N``, see
+``ocr_device``).
 
 Nothing is downloaded: ``offline_env`` switches PaddleX's model-source check off, sends its cache
 to ``cache_dir`` (a temp directory) and points ``$HOME`` there while paddle is imported and
@@ -17,10 +19,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from engine.devices import DEVICE_HELP, device_index, resolve_device
 
 OCR_BACKENDS = ("paddleocr", "rapidocr")
 
@@ -49,6 +54,8 @@ EMBEDDED_REC = ("ch_PP-OCRv4_rec_infer.onnx", "PP-OCRv4_mobile_rec")
 
 EMBEDDED_CLS = ("ch_ppocr_mobile_v2.0_cls_infer.onnx", "PP-LCNet_x0_25_textline_ori")
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(?::\d+)?")  # engine.devices.DEVICE_HELP's forms
+
 
 class OcrModelError(ValueError):
     """A model directory or backend setting is wrong; the message names the setting to fix."""
@@ -67,6 +74,7 @@ class OcrConfig:
     min_score: float = MIN_SCORE
     num_threads: int = 1  # inference threads per model; the Ray stage runs one actor per CPU
     cache_dir: str | None = None  # prepared model dirs and PaddleX's cache; None: a temp dir
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (see engine.devices); see ocr_device
 
     @classmethod
     def from_env(cls, **overrides) -> OcrConfig:
@@ -85,6 +93,31 @@ class OcrConfig:
             return self.cache_dir
         base = os.environ.get("ZCURATE_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "zcurate-cache")
         return os.path.join(base, "ocr")
+
+
+def _device_text(config: OcrConfig) -> str:
+    """``config.device`` lower-cased and checked for form (not against the machine)."""
+    text = (config.device or "cpu").strip().lower()
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise OcrModelError(
+            f"unknown OCR device {config.device!r}: fix --device (or ZCURATE_OCR_DEVICE): {DEVICE_HELP}"
+        )
+    return text
+
+
+def ocr_device(config: OcrConfig) -> str:
+    """``config.device`` as ``cpu`` or ``cuda:N``.
+
+    ``auto`` is resolved here (``engine.devices.resolve_device``: CUDA when torch sees a GPU);
+    ``cuda`` is ``cuda:0``. A ``cuda:N`` is taken as the caller resolved it (the OCR stage does,
+    and inside a Ray actor its GPU is ``cuda:0``), so no actor imports torch only to check it.
+    A malformed device is an ``OcrModelError`` (one line). Whether the backend can use the GPU
+    is the backend's check: it warns and uses the CPU.
+    """
+    text = _device_text(config)
+    if text in ("cpu", "auto"):
+        return resolve_device(text)
+    return f"cuda:{device_index(text)}"
 
 
 def embedded_model_dir() -> Path:
@@ -250,6 +283,7 @@ def check_config(config: OcrConfig) -> dict[str, Path]:
         raise OcrModelError(
             f"unknown OCR backend {config.backend!r}: fix --ocr-backend (one of {', '.join(OCR_BACKENDS)})"
         )
+    _device_text(config)  # a malformed device is a one-line error; the machine is not asked
     if config.det_side_limit < 32 or config.max_side < config.det_side_limit or config.num_threads < 1:
         raise OcrModelError(
             "OCR sizes: need det_side_limit >= 32, max_side >= det_side_limit, num_threads >= 1"

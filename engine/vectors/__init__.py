@@ -4,8 +4,9 @@ Owns the embedder (``embedder``; the embedded default in ``default_embedder``, a
 through ``model_specs``) and its training (``embedder_training``), the FAISS indexes over image and
 caption vectors (``index``), and near-duplicate communities from the k-NN graph (``dedup``).
 
-Writes the table ``embeddings`` (image and caption vectors, ``clip_score``), the index files in
-``WS/index/`` and the table ``dedup``.
+Writes one ``embeddings`` table per embedding model (image and caption vectors at the model's
+width, ``clip_score``; ``engine.embedding_models`` records the models and the active one), the
+index files in ``WS/index/<model>/`` and the table ``dedup``.
 """
 
 import os

@@ -32,7 +32,14 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from engine.vectors.index import VectorIndex, VectorIndexError, load_index, vectors_from_column
+from engine.vectors.faiss_gpu import to_device
+from engine.vectors.index import (
+    VectorIndex,
+    VectorIndexError,
+    embeddings_table,
+    load_index,
+    vectors_from_column,
+)
 from engine.workspace import Workspace
 
 METHODS = ("louvain", "leiden")
@@ -58,6 +65,8 @@ class DedupConfig:
     # an original with a handful of edited copies forms a star (copies meet each other below the
     # threshold), which Louvain would cut in two; chains that merge unrelated images grow larger
     seed: int = 0
+    device: str = "cpu"  # cpu | cuda:N: where the k-NN search of a flat index runs (engine.vectors.faiss_gpu;
+    # an IVF index's cell join stays on the CPU). Same pairs on both: flat search is exact
 
 
 @dataclass
@@ -84,7 +93,12 @@ def cell_of_each_vector(ivf: faiss.IndexIVF) -> np.ndarray:
 
 
 def semantic_pairs(
-    index: VectorIndex, vectors: np.ndarray, threshold: float, k: int, nprobe: int | None = None
+    index: VectorIndex,
+    vectors: np.ndarray,
+    threshold: float,
+    k: int,
+    nprobe: int | None = None,
+    device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The k nearest neighbours of every row of ``vectors`` (row r = FAISS id r), exact cosines.
 
@@ -102,7 +116,7 @@ def semantic_pairs(
     if ivf is not None:
         blocks = _cell_join(ivf, vectors, threshold, k, nprobe or ivf.nprobe, nearest, nearest_sim)
     else:
-        blocks = _index_knn(index, vectors, threshold, k, nearest, nearest_sim)
+        blocks = _index_knn(to_device(index.index, device), vectors, threshold, k, nearest, nearest_sim)
     keys, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for rows, cols, sim in blocks:
         a, b = np.minimum(rows, cols), np.maximum(rows, cols)
@@ -112,12 +126,12 @@ def semantic_pairs(
     return key // n, key % n, np.concatenate(sims)[first], nearest, nearest_sim
 
 
-def _index_knn(index: VectorIndex, vectors, threshold, k, nearest, nearest_sim):
+def _index_knn(index: faiss.Index, vectors, threshold, k, nearest, nearest_sim):
     """Flat and HNSW indexes hold the vectors: their k-NN similarities are exact already."""
     kk = min(k + 1, len(vectors))  # + 1: a vector finds itself
     for start in range(0, len(vectors), SEARCH_STEP):
         query = np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32)
-        sim, ids = index.index.search(query, kk)
+        sim, ids = index.search(query, kk)
         rows = np.repeat(np.arange(start, start + len(ids)), kk)
         cols, sim = ids.reshape(-1), sim.reshape(-1)
         keep = (cols >= 0) & (cols != rows)
@@ -292,11 +306,13 @@ def representative_order(quality: pa.Table) -> np.ndarray:
 # --- the workspace step -----------------------------------------------------------------------
 
 
-def load_image_vectors(ws: Workspace, vindex: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
+def load_image_vectors(
+    ws: Workspace, vindex: VectorIndex, model: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The image vectors in FAISS id order (float16) and their clip_score (NaN when absent)."""
     parts, scores, ids = [], [], []
     for shard in vindex.meta.shards:
-        path = ws.path("embeddings", f"{shard}.parquet")
+        path = ws.shard_path(embeddings_table(model), shard)
         names = pq.ParquetFile(path, filesystem=ws.fs).schema_arrow.names
         columns = ["sample_id", "image_vec"] + (["clip_score"] if "clip_score" in names else [])
         table = pq.read_table(path, columns=columns, filesystem=ws.fs)
@@ -312,11 +328,14 @@ def load_image_vectors(ws: Workspace, vindex: VectorIndex) -> tuple[np.ndarray, 
     return vectors, (np.concatenate(scores) if scores else np.zeros(0))
 
 
-def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSummary:
+def dedup_workspace(
+    ws: Workspace, config: DedupConfig | None = None, model: str | None = None
+) -> DedupSummary:
     """Write table ``dedup`` for every usable sample of ``ws`` (one shard, ``all``).
 
-    Semantic edges need the image index (``engine.vectors.index.build_index``); without it only the
-    pHash pass runs and nearest_id / nearest_sim stay null.
+    Semantic edges come from model ``model``'s image index (None: the active model's; built by
+    ``engine.vectors.index.build_index``); without one only the pHash pass runs and nearest_id /
+    nearest_sim stay null.
     """
     config = config or DedupConfig()
     signals = ws.read_table("signals", ["sample_id", "width", "height", "compression_ratio", "blur", "phash"])
@@ -330,13 +349,15 @@ def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSu
     clip = np.full(n, np.nan)
     semantic_count = 0
     try:
-        vindex = load_index(ws, "image")
+        vindex = load_index(ws, "image", model=model)
     except VectorIndexError:
         vindex = None
     if vindex is not None and n:
-        vectors, scores = load_image_vectors(ws, vindex)
+        vectors, scores = load_image_vectors(ws, vindex, model)
         rows = np.array([row_of.get(s, -1) for s in vindex.ids], np.int64)  # FAISS id -> signals row
-        a, b, sim, near, near_sim = semantic_pairs(vindex, vectors, config.threshold, config.k, config.nprobe)
+        a, b, sim, near, near_sim = semantic_pairs(
+            vindex, vectors, config.threshold, config.k, config.nprobe, config.device
+        )
         keep = (rows[a] >= 0) & (rows[b] >= 0)  # a sample dropped since indexing has no row
         ii.append(rows[a][keep])
         jj.append(rows[b][keep])
@@ -388,15 +409,19 @@ def dedup_workspace(ws: Workspace, config: DedupConfig | None = None) -> DedupSu
     )
 
 
-def index_and_dedup(ws: Workspace, progress=None) -> DedupSummary | None:
-    """The vector engine's global steps: build or extend both indexes, then dedup.
+def index_and_dedup(ws: Workspace, progress=None, device: str = "cpu") -> DedupSummary | None:
+    """The vector engine's global steps: build or extend both indexes of every embedding model the
+    workspace holds, then dedup with the active model's.
 
     Does nothing (returns None) when the workspace has no ``embeddings`` shards yet.
     """
-    from engine.vectors.index import build_index
+    from engine.embedding_models import list_models
+    from engine.vectors.index import IndexConfig, build_index
 
-    if not ws.list_shards("embeddings"):
+    models = list_models(ws)
+    if not models:
         return None
-    for modality in ("image", "text"):
-        build_index(ws, modality, progress=progress)
-    return dedup_workspace(ws)
+    for held in models:
+        for modality in ("image", "text"):
+            build_index(ws, modality, IndexConfig(device=device), progress=progress, model=held.key)
+    return dedup_workspace(ws, DedupConfig(device=device))

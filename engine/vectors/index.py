@@ -1,10 +1,11 @@
 """The vector index: one FAISS index per modality over the ``embeddings`` table.
 
-Layout (DESIGN.md section 2, ``index/``)::
+Layout (DESIGN.md section 2, ``index/``), one folder per embedding model (``engine.embedding_models``;
+every function takes ``model``, a model key, None meaning the workspace's active model)::
 
-    WS/index/<modality>.faiss          the FAISS index (modality: image | text)
-    WS/index/<modality>-ids.parquet    sample_id of FAISS id 0, 1, 2, ... (the id map)
-    WS/index/<modality>.json           metadata: model_id, kind, params, dim, ntotal, the shards it holds
+    WS/index/<model>/<modality>.faiss        the FAISS index (modality: image | text)
+    WS/index/<model>/<modality>-ids.parquet  sample_id of FAISS id 0, 1, 2, ... (the id map)
+    WS/index/<model>/<modality>.json         metadata: model_id, kind, params, dim, ntotal, its shards
 
 The index type follows the size (``IndexConfig``): an exact inner-product index (``flat``)
 below ``exact_max`` vectors, an IVF-PQ index above (or HNSW by choice). The vectors are
@@ -37,6 +38,13 @@ from engine.workspace import Workspace
 MODALITIES = ("image", "text")
 VECTOR_COLUMN = {"image": "image_vec", "text": "text_vec"}  # columns of the embeddings table
 EMBEDDINGS = "embeddings"
+
+
+def embeddings_table(model: str | None = None) -> str:
+    """The table name of model ``model``'s embeddings (None: the active model's, ``embeddings``)."""
+    return EMBEDDINGS if model is None else f"{EMBEDDINGS}@{model}"
+
+
 KINDS = ("auto", "flat", "ivfpq", "hnsw")
 MMAP_MIN_BYTES = 256 << 20  # load_index(mmap=None) maps files above this size: reading 256 MiB
 # takes ~0.2 s here, mapping is instant, and smaller files are not worth a page-cache dependency
@@ -68,6 +76,8 @@ class IndexConfig:
     kmeans_iters: int = 10  # k-means iterations (coarse cells and PQ codebooks): faiss's default 25
     # costs 2.5x the training time; the planted-pair recall in bench/bench_dedup.py stays at 1.0
     seed: int = 0  # the training sample and k-means initialisation
+    device: str = "cpu"  # cpu | cuda:N: where IVF/PQ k-means assigns points (engine.vectors.faiss_gpu);
+    # the index itself is built, stored and searched on the CPU
 
     def resolve(self, n: int, dim: int) -> IndexConfig:
         """The concrete config for ``n`` vectors of ``dim`` (every None filled in)."""
@@ -95,6 +105,7 @@ class IndexConfig:
             train_size=train,
             kmeans_iters=self.kmeans_iters,
             seed=self.seed,
+            device=self.device,
         )
 
 
@@ -179,10 +190,12 @@ def vectors_from_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray,
     return valid, values.reshape(len(kept), dim).astype(np.float32)
 
 
-def read_embedding_shard(ws: Workspace, shard_id: str, modality: str) -> tuple[np.ndarray, np.ndarray, str]:
+def read_embedding_shard(
+    ws: Workspace, shard_id: str, modality: str, model: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
     """(sample_ids, float32 vectors, model_id) of the non-null vectors of one embeddings shard."""
     column = VECTOR_COLUMN[modality]
-    path = ws.path(EMBEDDINGS, f"{shard_id}.parquet")
+    path = ws.shard_path(embeddings_table(model), shard_id)
     table = pq.read_table(path, columns=["sample_id", "model_id", column], filesystem=ws.fs)
     valid, vectors = vectors_from_column(table[column])
     sample_ids = np.asarray(table["sample_id"].to_pylist(), dtype=object)[valid]
@@ -192,18 +205,19 @@ def read_embedding_shard(ws: Workspace, shard_id: str, modality: str) -> tuple[n
     return sample_ids, vectors, (models.pop() if models else "")
 
 
-def embedding_shards(ws: Workspace) -> dict[str, int]:
+def embedding_shards(ws: Workspace, model: str | None = None) -> dict[str, int]:
     """Every complete embeddings shard and its row count (from the Parquet footer, no data read)."""
+    table = embeddings_table(model)
     return {
-        shard: pq.ParquetFile(ws.path(EMBEDDINGS, f"{shard}.parquet"), filesystem=ws.fs).metadata.num_rows
-        for shard in ws.list_shards(EMBEDDINGS)
+        shard: pq.ParquetFile(ws.shard_path(table, shard), filesystem=ws.fs).metadata.num_rows
+        for shard in ws.list_shards(table)
     }
 
 
-def shard_fingerprints(ws: Workspace, shards: dict[str, int]) -> dict[str, str]:
+def shard_fingerprints(ws: Workspace, shards: dict[str, int], model: str | None = None) -> dict[str, str]:
     """rows:bytes:mtime of each shard: a rewritten shard (rows dropped by the cross-shard duplicate
     pass, new embeddings) gets a new fingerprint, since every write is a new file renamed in place."""
-    infos = ws.fs.get_file_info([ws.path(EMBEDDINGS, f"{s}.parquet") for s in shards])
+    infos = ws.fs.get_file_info([ws.shard_path(embeddings_table(model), s) for s in shards])
     return {s: f"{n}:{i.size}:{i.mtime_ns}" for (s, n), i in zip(shards.items(), infos, strict=True)}
 
 
@@ -230,6 +244,18 @@ def create_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
     raise VectorIndexError(f"cannot create an index of kind {config.kind!r}")
 
 
+def train_index(index: faiss.Index, sample: np.ndarray, device: str = "cpu") -> None:
+    """Train IVF/PQ on ``sample``; on a GPU the coarse k-means assigns points there (the costly part)."""
+    from engine.vectors.faiss_gpu import gpu_available, to_device
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and device.startswith("cuda") and gpu_available():
+        ivf.clustering_index = to_device(faiss.IndexFlatL2(ivf.d), device)
+    index.train(as_float32(sample))
+    if ivf is not None:
+        ivf.clustering_index = None  # a GPU index must not be written with the index
+
+
 def set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -254,7 +280,9 @@ def add_vectors(index: faiss.Index, vectors: np.ndarray, kind: str) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-def training_sample(ws: Workspace, shards: dict[str, int], modality: str, size: int, seed: int) -> np.ndarray:
+def training_sample(
+    ws: Workspace, shards: dict[str, int], modality: str, size: int, seed: int, model: str | None = None
+) -> np.ndarray:
     """A seeded uniform sample of ``size`` rows over all shards (null vectors skipped), float32."""
     total = sum(shards.values())
     rng = np.random.default_rng(seed)
@@ -266,7 +294,8 @@ def training_sample(ws: Workspace, shards: dict[str, int], modality: str, size: 
         if len(local) == 0:
             continue
         column = VECTOR_COLUMN[modality]
-        table = pq.read_table(ws.path(EMBEDDINGS, f"{shard}.parquet"), columns=[column], filesystem=ws.fs)
+        path = ws.shard_path(embeddings_table(model), shard)
+        table = pq.read_table(path, columns=[column], filesystem=ws.fs)
         _, vectors = vectors_from_column(table[column].take(pa.array(local)))
         parts.append(vectors)
     return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
@@ -278,8 +307,9 @@ def build_index(
     config: IndexConfig | None = None,
     rebuild: bool = False,
     progress=None,
+    model: str | None = None,
 ) -> IndexMeta | None:
-    """Build or extend ``WS/index/<modality>``; returns its metadata (None: no vectors at all).
+    """Build or extend ``WS/index/<model>/<modality>``; returns its metadata (None: no vectors at all).
 
     New embeddings shards are added to an existing index. The index is rebuilt from scratch when
     ``rebuild`` is set, when a shard it holds changed or disappeared, or when the embedding model
@@ -288,13 +318,13 @@ def build_index(
     if modality not in MODALITIES:
         raise VectorIndexError(f"unknown modality {modality!r}; choose image or text")
     config = config or IndexConfig()
-    shards = embedding_shards(ws)
-    prints = shard_fingerprints(ws, shards)
-    existing = None if rebuild else read_meta(ws, modality)
+    shards = embedding_shards(ws, model)
+    prints = shard_fingerprints(ws, shards, model)
+    existing = None if rebuild else read_meta(ws, modality, model)
     if existing is not None and any(prints.get(s) != f for s, f in existing["shard_fingerprints"].items()):
         existing = None  # a shard was rewritten (cross-shard dedup, new model) or removed: rebuild
     if existing is not None:
-        vindex = load_index(ws, modality, mmap=False)
+        vindex = load_index(ws, modality, mmap=False, model=model)
         index, ids, meta = vindex.index, list(vindex.ids), vindex.meta
         fingerprints = dict(existing["shard_fingerprints"])
         todo = [s for s in shards if s not in fingerprints]
@@ -302,23 +332,24 @@ def build_index(
         index, ids, meta, fingerprints, todo = None, [], None, {}, list(shards)
         if not shards:
             return None
-        _, dim_probe, _ = _first_vectors(ws, shards, modality)
+        _, dim_probe, _ = _first_vectors(ws, shards, modality, model)
         if dim_probe is None:
             return None
         resolved = config.resolve(sum(shards.values()), dim_probe)
         index = create_faiss_index(resolved, dim_probe)
         if not index.is_trained:
-            sample = training_sample(ws, shards, modality, resolved.train_size, resolved.seed)
-            index.train(sample)
-        meta = IndexMeta(modality, "", resolved.kind, dim_probe, 0, asdict(resolved))
+            sample = training_sample(ws, shards, modality, resolved.train_size, resolved.seed, model)
+            train_index(index, sample, config.device)
+        params = {k: v for k, v in asdict(resolved).items() if k != "device"}  # same file on CPU and GPU
+        meta = IndexMeta(modality, "", resolved.kind, dim_probe, 0, params)
     if not todo and existing is not None:
         return meta
     for shard in todo:
-        sample_ids, vectors, model_id = read_embedding_shard(ws, shard, modality)
+        sample_ids, vectors, model_id = read_embedding_shard(ws, shard, modality, model)
         if len(vectors):
             if meta.model_id and model_id != meta.model_id:
                 if existing is not None:  # the embeddings were remade with another model
-                    return build_index(ws, modality, config, rebuild=True, progress=progress)
+                    return build_index(ws, modality, config, rebuild=True, progress=progress, model=model)
                 raise VectorIndexError(f"embeddings mix models {meta.model_id!r} and {model_id!r}")
             meta.model_id = model_id
             if vectors.shape[1] != meta.dim:
@@ -332,14 +363,14 @@ def build_index(
         if progress:
             progress(len(vectors))
     meta.ntotal = int(index.ntotal)
-    save_index(ws, index, np.asarray(ids, dtype=object), meta, fingerprints)
+    save_index(ws, index, np.asarray(ids, dtype=object), meta, fingerprints, model)
     return meta
 
 
-def _first_vectors(ws: Workspace, shards: dict[str, int], modality: str):
+def _first_vectors(ws: Workspace, shards: dict[str, int], modality: str, model: str | None):
     """The first shard with a non-null vector: (shard, dim, model_id), or (None, None, None)."""
     for shard in shards:
-        _, vectors, model_id = read_embedding_shard(ws, shard, modality)
+        _, vectors, model_id = read_embedding_shard(ws, shard, modality, model)
         if len(vectors):
             return shard, vectors.shape[1], model_id
     return None, None, None
@@ -348,46 +379,57 @@ def _first_vectors(ws: Workspace, shards: dict[str, int], modality: str):
 # --- persistence ------------------------------------------------------------------------------
 
 
-def _index_path(ws: Workspace, modality: str, suffix: str) -> str:
-    return ws.path(ws.index_dir, f"{modality}{suffix}")
+def _index_path(ws: Workspace, modality: str, suffix: str, model: str | None = None) -> str:
+    return ws.path(ws.index_rel(model), f"{modality}{suffix}")
+
+
+def index_meta_path(ws: Workspace, modality: str, model: str | None = None) -> str:
+    """The metadata file of an index (written last: its change marks a new index)."""
+    return _index_path(ws, modality, ".json", model)
 
 
 def save_index(
-    ws: Workspace, index: faiss.Index, ids: np.ndarray, meta: IndexMeta, fingerprints: dict
+    ws: Workspace,
+    index: faiss.Index,
+    ids: np.ndarray,
+    meta: IndexMeta,
+    fingerprints: dict,
+    model: str | None = None,
 ) -> None:
     """Write index, id map, then metadata, each atomically (the metadata marks a complete index)."""
-    ws.fs.create_dir(ws.path(ws.index_dir), recursive=True)
+    folder = ws.index_rel(model)
+    ws.fs.create_dir(ws.path(folder), recursive=True)
     if ws.is_local:
         tmp = ws.path(ws.tmp, f"{uuid.uuid4().hex}-{meta.modality}.faiss")
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
         faiss.write_index(index, tmp)
-        os.replace(tmp, _index_path(ws, meta.modality, ".faiss"))
+        os.replace(tmp, _index_path(ws, meta.modality, ".faiss", model))
     else:
-        ws.write_bytes(f"{ws.index_dir}/{meta.modality}.faiss", faiss.serialize_index(index).tobytes())
+        ws.write_bytes(f"{folder}/{meta.modality}.faiss", faiss.serialize_index(index).tobytes())
     id_table = pa.table({"sample_id": pa.array(list(ids), pa.string())})
-    ws.write_parquet(f"{ws.index_dir}/{meta.modality}-ids.parquet", id_table)
+    ws.write_parquet(f"{folder}/{meta.modality}-ids.parquet", id_table)
     record = {**asdict(meta), "shard_fingerprints": fingerprints}
-    ws.write_bytes(
-        f"{ws.index_dir}/{meta.modality}.json", json.dumps(record, indent=1, sort_keys=True).encode()
-    )
+    ws.write_bytes(f"{folder}/{meta.modality}.json", json.dumps(record, indent=1, sort_keys=True).encode())
 
 
-def read_meta(ws: Workspace, modality: str) -> dict | None:
+def read_meta(ws: Workspace, modality: str, model: str | None = None) -> dict | None:
     """The metadata record of an index, or None when there is no complete index."""
-    if not ws.exists(ws.index_dir, f"{modality}.json"):
+    if not ws.exists(ws.index_rel(model), f"{modality}.json"):
         return None
-    with ws.fs.open_input_stream(_index_path(ws, modality, ".json")) as f:
+    with ws.fs.open_input_stream(index_meta_path(ws, modality, model)) as f:
         return json.loads(f.read().decode())
 
 
-def load_index(ws: Workspace, modality: str = "image", mmap: bool | None = None) -> VectorIndex:
-    """Load ``WS/index/<modality>``; ``mmap`` maps the file (default: when it is large and local)."""
-    record = read_meta(ws, modality)
+def load_index(
+    ws: Workspace, modality: str = "image", mmap: bool | None = None, model: str | None = None
+) -> VectorIndex:
+    """Load ``WS/index/<model>/<modality>``; ``mmap`` maps the file (default: when it is large and local)."""
+    record = read_meta(ws, modality, model)
     if record is None:
         raise VectorIndexError(f"no {modality} index in {ws.root}: run 'zcurate index --workspace {ws.root}'")
     record.pop("shard_fingerprints", None)
     meta = IndexMeta(**record)
-    path = _index_path(ws, modality, ".faiss")
+    path = _index_path(ws, modality, ".faiss", model)
     if ws.is_local:
         if mmap is None:
             mmap = os.path.getsize(path) >= MMAP_MIN_BYTES
@@ -395,7 +437,7 @@ def load_index(ws: Workspace, modality: str = "image", mmap: bool | None = None)
     else:
         with ws.fs.open_input_stream(path) as f:
             index = faiss.deserialize_index(np.frombuffer(f.read(), dtype=np.uint8))
-    table = pq.read_table(_index_path(ws, modality, "-ids.parquet"), filesystem=ws.fs)
+    table = pq.read_table(_index_path(ws, modality, "-ids.parquet", model), filesystem=ws.fs)
     ids = np.asarray(table["sample_id"].to_pylist(), dtype=object)
     if not (index.ntotal == len(ids) == meta.ntotal):
         raise VectorIndexError(
@@ -404,41 +446,3 @@ def load_index(ws: Workspace, modality: str = "image", mmap: bool | None = None)
         )
     set_search_params(index, meta.params["nprobe"], meta.params["ef_search"])
     return VectorIndex(index, ids, meta)
-
-
-# --- searching a workspace --------------------------------------------------------------------
-
-
-def search_samples(ws: Workspace, query: np.ndarray, modality: str = "image", k: int = 10) -> pa.Table:
-    """The ``k`` samples whose ``modality`` vector is nearest one query vector, best first.
-
-    Columns: rank, sample_id, score (cosine), caption, uri. A text query against the image index
-    is text->image search; an image query against it image->image; against the text index,
-    image->text.
-    """
-    vindex = load_index(ws, modality)
-    hits = vindex.search_ids(np.asarray(query, np.float32).reshape(1, -1), k)[0]
-    ids = [sample_id for sample_id, _ in hits]
-    samples = ws.read_table("samples", ["sample_id", "caption", "uri"])
-    samples = samples.filter(pc.is_in(samples["sample_id"], pa.array(ids, pa.string())))
-    by_id = {row["sample_id"]: row for row in samples.to_pylist()}
-    rows = [
-        {
-            "rank": rank,
-            "sample_id": sample_id,
-            "score": score,
-            "caption": by_id.get(sample_id, {}).get("caption"),
-            "uri": by_id.get(sample_id, {}).get("uri"),
-        }
-        for rank, (sample_id, score) in enumerate(hits, start=1)
-    ]
-    result_schema = pa.schema(
-        [
-            ("rank", pa.int32()),
-            ("sample_id", pa.string()),
-            ("score", pa.float32()),
-            ("caption", pa.string()),
-            ("uri", pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist(rows, schema=result_schema)

@@ -17,7 +17,8 @@ embedding). ``spec`` is one of:
   ``ViT-B-32@laion2b_s34b_b79k``. The weights must already be in the local Hugging Face or
   open_clip cache: nothing is downloaded.
 * ``ARCH@/path/to/checkpoint.pt`` (or ``.safetensors``, ``.bin``): a local full checkpoint.
-* ``local-dir:/path``: a folder holding ``open_clip_config.json`` and its weights.
+* ``local-dir:/path`` (or just the folder's path): a folder holding ``open_clip_config.json`` and
+  its weights, as open_clip models are laid out on the Hugging Face hub.
 
 Every bad spec raises :class:`EmbedderError` with a one-line message.
 """
@@ -25,7 +26,9 @@ Every bad spec raises :class:`EmbedderError` with a one-line message.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.vectors.default_embedder import (
@@ -91,39 +94,92 @@ def cached_pretrained_file(arch: str, tag: str) -> tuple[str, dict]:
     )
 
 
-def load_open_clip(spec: str, device: str = "cpu") -> Embedder:
-    """An Embedder for ``ARCH@TAG``, ``ARCH@/path/ckpt`` or ``local-dir:/path`` (see module doc)."""
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a spec names, known without loading weights: enough to lay out its table and index."""
+
+    spec: str  # the spec with its paths made absolute, so it loads from any working directory
+    model_id: str  # equals the loaded Embedder's model_id
+    dim: int  # the width of its vectors
+
+
+def is_heads_spec(spec: str) -> bool:
+    """``default`` or a heads file: the embedded default's towers with trained heads."""
+    return spec == "default" or (spec.endswith(".safetensors") and "@" not in spec)
+
+
+def _arch_dim(arch: str) -> int:
+    import open_clip
+
+    register_model_configs()
+    if arch == DEFAULT_ARCH:
+        return int(resolve_config(arch)["embed_dim"])
+    if arch not in open_clip.list_models():
+        raise EmbedderError(f"unknown open_clip architecture {arch!r} (open_clip.list_models() lists them)")
+    return int(open_clip.get_model_config(arch)["embed_dim"])
+
+
+def describe_model(name_or_path: str | None = None) -> ModelDescription:
+    """The model a spec names (see the module docstring), checked and hashed but not loaded.
+
+    Cheap next to loading: it reads the config and hashes the weights file (a 1.7 GB ViT-L-14
+    checkpoint takes about two seconds), so a job can lay out a model's table before any actor
+    loads it.
+    """
+    spec = name_or_path or "default"
+    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "open_clip_config.json")):
+        spec = f"local-dir:{spec}"  # a Hugging Face-style open_clip folder, named by its path
+    if is_heads_spec(spec):
+        heads = DEFAULT_HEADS if spec == "default" else Path(spec).resolve()
+        if not heads.is_file():
+            raise EmbedderError(f"heads file {heads} does not exist")
+        model_id = f"{DEFAULT_ARCH}@{heads.stem}#{file_digest(heads)}"
+        return ModelDescription(spec if spec == "default" else str(heads), model_id, _arch_dim(DEFAULT_ARCH))
+    if spec.startswith("local-dir:"):
+        folder = os.path.abspath(spec.removeprefix("local-dir:"))
+        config_file = os.path.join(folder, "open_clip_config.json")
+        if not os.path.isfile(config_file):
+            raise EmbedderError(f"{folder} has no open_clip_config.json (a local-dir: folder needs one)")
+        with open(config_file) as f:
+            dim = int(json.load(f).get("model_cfg", {}).get("embed_dim", 0))
+        spec = f"local-dir:{folder}"
+        return ModelDescription(spec, f"{spec}#{file_digest(config_file)}", dim)
     arch, sep, weights = spec.partition("@")
-    if not spec.startswith("local-dir:") and (not sep or not weights):  # checked before the slow imports
+    if not sep or not weights:
         raise EmbedderError(
             f"model spec {spec!r}: use ARCH@TAG (e.g. ViT-B-32@laion2b_s34b_b79k), ARCH@/path/to/checkpoint, "
             "local-dir:/path, a heads .safetensors file, or 'default'"
         )
+    dim = _arch_dim(arch)
+    if weights.endswith(CHECKPOINT_SUFFIXES) or os.sep in weights:
+        weights = os.path.abspath(weights)
+        if not os.path.isfile(weights):
+            raise EmbedderError(f"checkpoint {weights} does not exist")
+        return ModelDescription(
+            f"{arch}@{weights}", f"{arch}@{os.path.basename(weights)}#{file_digest(weights)}", dim
+        )
+    return ModelDescription(spec, f"{arch}@{weights}", dim)
+
+
+def load_open_clip(described: ModelDescription, device: str = "cpu") -> Embedder:
+    """An Embedder for ``ARCH@TAG``, ``ARCH@/path/ckpt`` or ``local-dir:/path`` (see module doc)."""
     import open_clip
 
+    spec, model_id = described.spec, described.model_id
     register_model_configs()
     if spec.startswith("local-dir:"):
-        folder = spec.removeprefix("local-dir:")
-        config_file = os.path.join(folder, "open_clip_config.json")
-        if not os.path.isfile(config_file):
-            raise EmbedderError(f"{folder} has no open_clip_config.json (a local-dir: folder needs one)")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(spec, device=device)
             tokenizer = open_clip.get_tokenizer(spec)
         except (OSError, ValueError, RuntimeError) as e:
             raise EmbedderError(f"cannot load {spec}: {str(e).splitlines()[0]}") from e
-        model_id = f"{spec}#{file_digest(config_file)}"
         return finish_embedder(model, preprocess, tokenizer, model_id, device)
-    if arch not in open_clip.list_models():
-        raise EmbedderError(f"unknown open_clip architecture {arch!r} (open_clip.list_models() lists them)")
+    arch, _, weights = spec.partition("@")
     force = {}
     if weights.endswith(CHECKPOINT_SUFFIXES) or os.sep in weights:
-        if not os.path.isfile(weights):
-            raise EmbedderError(f"checkpoint {weights} does not exist")
-        path, model_id = weights, f"{arch}@{os.path.basename(weights)}#{file_digest(weights)}"
+        path = weights
     else:
         path, tag_cfg = cached_pretrained_file(arch, weights)
-        model_id = f"{arch}@{weights}"
         force = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
     extra = {}
     if arch == DEFAULT_ARCH:  # our config names package folders: resolve them, and its preprocessing
@@ -160,15 +216,14 @@ def finish_embedder(model, preprocess, tokenizer, model_id: str, device: str) ->
 
 
 def load_embedder(name_or_path: str | None = None, device: str = "cpu") -> Embedder:
-    """Load an embedder by spec (see the module docstring); the default needs no network."""
-    spec = name_or_path or "default"
-    if spec == "default" or (spec.endswith(".safetensors") and "@" not in spec):
-        heads = DEFAULT_HEADS if spec == "default" else Path(spec)
-        if not heads.is_file():
-            raise EmbedderError(f"heads file {heads} does not exist")
-        model = build_default_model(heads)
-        config = resolve_config(DEFAULT_ARCH)
-        model_id = f"{DEFAULT_ARCH}@{heads.stem}#{file_digest(heads)}"
-        tokenizer = default_tokenizer(config["text_cfg"]["context_length"])
-        return finish_embedder(model, default_preprocess(model), tokenizer, model_id, device)
-    return load_open_clip(spec, device)
+    """Load an embedder by spec (see the module docstring); the default needs no network.
+
+    ``device`` is ``cpu`` or ``cuda:N`` (``engine.devices.resolve_device`` turns ``auto`` into one).
+    """
+    described = describe_model(name_or_path)
+    if not is_heads_spec(described.spec):
+        return load_open_clip(described, device)
+    heads = DEFAULT_HEADS if described.spec == "default" else Path(described.spec)
+    model = build_default_model(heads)
+    tokenizer = default_tokenizer(resolve_config(DEFAULT_ARCH)["text_cfg"]["context_length"])
+    return finish_embedder(model, default_preprocess(model), tokenizer, described.model_id, device)

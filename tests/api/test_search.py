@@ -116,3 +116,16 @@ def test_an_upload_over_the_limit_is_413(client):
             yield b"\x00" * (1 << 20)
 
     assert_error(client.post("/v1/search", content=chunks()), 413, "too_large")
+
+
+def test_models_lists_the_active_model_and_refuses_unknown_ones(client, anon):
+    listed = client.get("/v1/models")
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    (model,) = body["models"]
+    assert body["active"] == model["key"] and model["active"] and model["dim"] == 256
+    assert model["samples"] > 0 and model["model_id"].startswith("EffLite0-MiniLM-L6@")
+    assert_error(client.put("/v1/models/active", json={"model": "no-such-model"}), 404, "not_found")
+    assert_error(anon.get("/v1/models"), 401)
+    found = client.get("/v1/search", params={"text": "a bird", "k": 3}).json()
+    assert found["model_id"] == model["model_id"]

@@ -39,7 +39,7 @@ def test_the_command_groups_are_all_attached():
     """One Typer app per command group (cli/*.py), attached in cli/main.py."""
     names = {words[0] for words in command_paths()}
     expected = {"curate", "demo", "ocr", "embed", "safety", "sql", "stats", "reasons", "train-embedder"}
-    expected |= {"index", "search", "dedup", "tag", "graph", "manifest", "train", "sample", "serve"}
+    expected |= {"index", "search", "dedup", "tag", "graph", "manifest", "train", "sample", "serve", "models"}
     assert names == expected
 
 

@@ -80,7 +80,7 @@ def test_curate_with_embed_and_safety_then_embed_alone_gives_the_same_rows(tmp_p
     first = ws.read_table("embeddings").sort_by("sample_id")
 
     for shard_id in ws.list_shards("embeddings"):
-        os.remove(ws.path("embeddings", f"{shard_id}.parquet"))
+        os.remove(ws.shard_path("embeddings", shard_id))
     result = subprocess.run(
         [ZCURATE, "embed", "--workspace", ws.root, "--num-cpus", "2"],
         capture_output=True,

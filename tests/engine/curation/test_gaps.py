@@ -10,7 +10,8 @@ import pytest
 from engine.catalog import refresh_catalog, run_sql
 from engine.curation.gaps import gap_candidates
 from engine.graph.concept_queries import subtree_samples
-from engine.vectors.index import build_index, search_samples
+from engine.vectors.index import build_index
+from engine.vectors.search import search_samples
 from engine.workspace import Workspace
 from tests.engine.vectors.test_index import unit, write_embeddings
 

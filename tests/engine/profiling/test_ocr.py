@@ -15,8 +15,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.devices import cuda_device_count
 from engine.profiling.ocr import load_ocr, read_image
-from engine.profiling.ocr_models import OcrConfig, OcrModelError, check_config, prepare_model_dirs
+from engine.profiling.ocr_backends import paddle_device
+from engine.profiling.ocr_models import (
+    OcrConfig,
+    OcrModelError,
+    check_config,
+    ocr_device,
+    prepare_model_dirs,
+)
 from engine.profiling.ocr_signals import (
     OcrLine,
     OcrResult,
@@ -280,6 +288,75 @@ def test_config_from_environment(monkeypatch):
     monkeypatch.setenv("ZCURATE_OCR_DET_SIDE_LIMIT", "640")
     config = OcrConfig.from_env(num_threads=3)
     assert (config.backend, config.det_side_limit, config.num_threads) == ("rapidocr", 640, 3)
+
+
+def test_device_from_environment_and_checked(monkeypatch):
+    import engine.devices
+
+    assert OcrConfig().device == "cpu" and OcrConfig.from_env().device == "cpu"
+    monkeypatch.setenv("ZCURATE_OCR_DEVICE", "cuda:1")
+    assert OcrConfig.from_env().device == "cuda:1" and OcrConfig.from_env(device="cpu").device == "cpu"
+    with pytest.raises(OcrModelError, match="ZCURATE_OCR_DEVICE") as e:
+        check_config(OcrConfig(device="gpu"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(OcrModelError, match="unknown OCR device"):
+        ocr_device(OcrConfig(device="cuda:x"))
+    monkeypatch.setattr(engine.devices, "cuda_device_count", lambda: 2)
+    assert [ocr_device(OcrConfig(device=d)) for d in ("cpu", "auto", "cuda", " CUDA:1")] == [
+        "cpu",
+        "cuda:0",
+        "cuda:0",
+        "cuda:1",
+    ]
+    monkeypatch.setattr(engine.devices, "cuda_device_count", lambda: 0)
+    assert ocr_device(OcrConfig(device="auto")) == "cpu"
+
+
+def test_paddleocr_device_falls_back_to_the_cpu_with_a_warning(monkeypatch):
+    import types
+
+    import onnxruntime as ort
+
+    assert paddle_device("cpu", onnx=True) == "cpu"
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert paddle_device("cuda:1", onnx=True) == "cuda:1"
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.warns(UserWarning, match="no CUDA provider"):
+        assert paddle_device("cuda:1", onnx=True) == "cpu"
+    cpu_paddle = types.SimpleNamespace(device=types.SimpleNamespace(is_compiled_with_cuda=lambda: False))
+    monkeypatch.setitem(sys.modules, "paddle", cpu_paddle)  # Paddle-format models: paddle's own CUDA
+    with pytest.warns(UserWarning, match="paddle is built without CUDA"):
+        assert paddle_device("cuda:0", onnx=False) == "cpu"
+
+
+def test_rapidocr_on_cuda_without_the_cuda_provider_warns_and_reads_on_the_cpu(cache_dir, monkeypatch):
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.warns(UserWarning, match="no CUDA provider"):
+        ocr = load_ocr(OcrConfig(backend="rapidocr", device="cuda:0", cache_dir=cache_dir, num_threads=2))
+    assert ocr.device == "cpu"
+    assert ocr.engine.text_rec.session.session.get_providers() == ["CPUExecutionProvider"]
+    make, expected = CASES["multi_line_mixed"]
+    assert read_text(ocr, make()) == [squash(line) for line in expected]
+
+
+def onnx_cuda_available() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() and cuda_device_count() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not onnx_cuda_available(), reason="needs onnxruntime's CUDA provider and a GPU")
+def test_cuda_reads_the_same_lines_as_the_cpu(ocr, cache_dir):
+    on_gpu = load_ocr(OcrConfig(backend=ocr.name, device="cuda:0", cache_dir=cache_dir, num_threads=2))
+    assert on_gpu.device == "cuda:0"
+    for case in sorted(CASES):
+        image = CASES[case][0]()
+        assert read_text(on_gpu, image) == read_text(ocr, image), case
 
 
 def test_model_dirs_given_by_config_are_used(cache_dir):

@@ -163,6 +163,10 @@ def test_a_saved_local_dir_reloads_in_one_call(embedder, tmp_path):
     spec = save_local_dir(embedder, tmp_path / "model")
     again = load_embedder(spec)
     assert again.model_id.startswith("local-dir:")
+    from engine.vectors.model_specs import describe_model
+
+    plain = describe_model(str(tmp_path / "model"))  # the folder's path alone names it too
+    assert (plain.spec, plain.model_id, plain.dim) == (spec, again.model_id, 256)
     np.testing.assert_allclose(again.encode_texts(["owl"]), embedder.encode_texts(["owl"]), atol=1e-5)
     tiny = Image.new("RGB", (40, 30), (10, 200, 30))
     np.testing.assert_allclose(again.encode_images([tiny]), embedder.encode_images([tiny]), atol=1e-5)
