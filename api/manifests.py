@@ -7,11 +7,16 @@ in a single worker thread: a build holds the pool in memory (~1 GB per 10M sampl
 once on the 2-core box would only finish later together. A build is a thread, not a child process
 like a curation job, because it is plain numpy/Arrow work that needs no cancelling.
 
-Build records live in memory: after a restart a manifest is ``ready`` (its files) or unknown.
+Each build the service queues is recorded in ``WS/_builds/<id>.json`` (its recipe, seed, size and
+state; rewritten atomically at every change), so a restarted service still answers for it. A
+build is deterministic, so one that was pending or running when the service died is queued again
+at start, if the workspace still gives the same id; if the data, reports or boosts changed since,
+the request cannot be built as asked any more and is reported failed (ask again).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,8 +28,8 @@ from dataclasses import dataclass, field
 
 from engine.curation.manifest import ManifestError, build_manifest, check_size
 from engine.curation.manifest_identity import gather_inputs
-from engine.curation.manifest_store import list_manifests
-from engine.curation.recipe import Recipe
+from engine.curation.manifest_store import list_manifests, sidecar_recipe
+from engine.curation.recipe import Recipe, parse_recipe
 from engine.workspace import Workspace
 
 log = logging.getLogger("zcurate.api")
@@ -32,6 +37,8 @@ log = logging.getLogger("zcurate.api")
 STATUSES = ("pending", "running", "ready", "failed")
 MAX_RECORDS = 1000  # finished build records kept (ready ones are found on disk anyway)
 MAX_SIDECARS = 256  # parsed sidecars kept: a manifest's files never change under its id
+RECORD_FIELDS = ("id", "stage", "status", "created", "started", "finished", "error", "retry")
+REQUEST_FIELDS = ("recipe", "recipe_file", "seed", "size")  # what a re-run after a restart needs
 
 
 @dataclass
@@ -46,10 +53,13 @@ class Build:
     finished: float | None = None
     error: str = ""  # why it failed (ManifestError's message)
     retry: bool = False  # failed for a reason other than the data (I/O, memory): a new request retries
+    recipe: Recipe | None = field(default=None, repr=False)  # what was asked (None: found on disk)
+    seed: int = 0
+    size: int | None = None
 
 
 class ManifestBuilder:
-    """Manifest ids on request, builds in one worker thread, sidecars from disk."""
+    """Manifest ids on request, builds in one worker thread, sidecars from disk, records in the workspace."""
 
     def __init__(self, ws: Workspace):
         self.ws = ws
@@ -57,11 +67,88 @@ class ManifestBuilder:
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
         self._sidecars: OrderedDict[str, dict] = OrderedDict()
+        self._load()
+
+    # --- records --------------------------------------------------------------------------------
+
+    def _record_rel(self, manifest_id: str) -> str:
+        return f"{self.ws.builds}/{manifest_id}.json"
+
+    def _save(self, build: Build) -> None:
+        """Rewrite a build's record atomically (a reader sees the old state or the new one)."""
+        record = {name: getattr(build, name) for name in RECORD_FIELDS}
+        record |= {"recipe": build.recipe.to_dict(), "recipe_file": build.recipe.source}
+        record |= {"seed": build.seed, "size": build.size}
+        self.ws.write_text(self._record_rel(build.id), json.dumps(record, indent=1) + "\n")
+
+    def _save_logged(self, build: Build) -> None:
+        # In the worker thread there is no one to answer: a record that cannot be written is logged.
+        try:
+            self._save(build)
+        except OSError:
+            log.exception("cannot record manifest build %s in %s", build.id, self.ws.root)
+
+    def _load(self) -> None:
+        """The builds recorded in the workspace, oldest first; interrupted ones queued again."""
+        builds = []
+        for name in self.ws.list_files(self.ws.builds, ".json"):
+            try:
+                record = json.loads(self.ws.read_text(f"{self.ws.builds}/{name}"))
+                build = Build(
+                    **{k: record[k] for k in RECORD_FIELDS}, seed=record["seed"], size=record["size"]
+                )
+                build.recipe = parse_recipe(record["recipe"], record["recipe_file"] or name)
+            except (OSError, ValueError, TypeError, KeyError) as e:  # unreadable or hand-edited: skipped
+                log.warning("skipping manifest build record %s: %s", name, e)
+                continue
+            builds.append(build)
+        for build in sorted(builds, key=lambda b: b.created or 0.0):
+            if build.status in ("pending", "running"):
+                self._resume(build)
+            self.builds[build.id] = build
+        self._trim()
+
+    def _resume(self, build: Build) -> None:
+        """Queue an interrupted build again, if the workspace still gives its id; else fail it."""
+        try:
+            same = gather_inputs(self.ws, build.recipe, build.seed, build.size).manifest_id == build.id
+        except (
+            Exception
+        ) as e:  # a workspace the identity cannot be read from: the build fails, the service starts
+            log.exception("cannot resume manifest build %s", build.id)
+            same, build.error = False, f"{type(e).__name__}: {e}"
+        build.started = build.finished = None
+        if same:
+            build.status, build.error = "pending", ""
+            self._worker.submit(self._run, build)
+        else:
+            build.status, build.retry, build.finished = "failed", True, time.time()
+            build.error = build.error or (
+                "the workspace changed while the service was down, so this build cannot be made as "
+                "asked: request the manifest again (POST /v1/manifests)"
+            )
+        self._save_logged(build)
+
+    def _remember(self, build: Build) -> None:
+        self.builds[build.id] = build
+        self.builds.move_to_end(build.id)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest finished records past MAX_RECORDS, in memory and in the workspace."""
+        finished = [b.id for b in self.builds.values() if b.status in ("ready", "failed")]
+        for old in finished[: max(0, len(finished) - MAX_RECORDS)]:
+            del self.builds[old]
+            with contextlib.suppress(OSError):  # a build found on disk has no record
+                self.ws.fs.delete_file(self.ws.path(self._record_rel(old)))
+
+    # --- builds ---------------------------------------------------------------------------------
 
     def request(self, recipe: Recipe, seed: int, size: int | None) -> Build:
         """The build of (recipe, seed, size): an existing one, a ready one on disk, or a new one queued.
 
-        Raises ManifestError for a size below 1 (before any work).
+        Raises ManifestError for a size below 1 (before any work), OSError when the build cannot
+        be recorded in the workspace.
         """
         check_size(size)
         found = gather_inputs(self.ws, recipe, seed, size)
@@ -75,25 +162,33 @@ class ManifestBuilder:
                 or (build.status == "ready" and on_disk)  # ready, and its files were not removed since
             ):
                 return build
-            if on_disk:
-                build = Build(found.manifest_id, recipe.stage, "ready", finished=time.time())
+            build = Build(found.manifest_id, recipe.stage, recipe=recipe, seed=seed, size=size)
+            if on_disk:  # recorded too: a record of an earlier failure must not outlive the files
+                build.status, build.finished = "ready", time.time()
+                self._save_logged(build)
             else:
-                build = Build(found.manifest_id, recipe.stage)
-                self._worker.submit(self._run, build, recipe, seed, size)
+                self._save(build)  # recorded before it is queued, so a restart never loses it
+                self._worker.submit(self._run, build)
             self._remember(build)
         return build
 
-    def _remember(self, build: Build) -> None:
-        self.builds[build.id] = build
-        self.builds.move_to_end(build.id)
-        finished = [b.id for b in self.builds.values() if b.status in ("ready", "failed")]
-        for old in finished[: max(0, len(finished) - MAX_RECORDS)]:
-            del self.builds[old]
+    def refresh(self, manifest_id: str) -> Build | None:
+        """The manifest a ready one becomes over the workspace as it is now: its sidecar's recipe,
+        seed and size requested again (after a feedback report: a new id, built in the background),
+        as the local trainer's ``engine.s3dit.data.rebuild_manifest`` does. None for an id with
+        no manifest on disk."""
+        stage = self.stage_of(manifest_id)
+        if stage is None:
+            return None
+        sidecar = self.sidecar(Build(manifest_id, stage, "ready", created=None))
+        recipe = sidecar_recipe(sidecar, sidecar.get("recipe_file") or manifest_id)
+        return self.request(recipe, sidecar["seed"], sidecar["size"])
 
-    def _run(self, build: Build, recipe: Recipe, seed: int, size: int | None) -> None:
+    def _run(self, build: Build) -> None:
         build.status, build.started = "running", time.time()
+        self._save_logged(build)
         try:
-            result = build_manifest(self.ws, recipe, seed, size)
+            result = build_manifest(self.ws, build.recipe, build.seed, build.size)
         except ManifestError as e:
             build.status, build.error = "failed", str(e)
         except Exception as e:  # not the data's fault (disk full, memory): logged, and a new request retries
@@ -104,8 +199,12 @@ class ManifestBuilder:
                 build.status = "ready"
             else:  # a table, report or boost changed between the request and the build
                 build.status, build.retry = "failed", True
-                build.error = f"the workspace changed before the build: built {result.manifest_id} instead"
+                build.error = (
+                    f"the workspace changed before the build: built {result.manifest_id} instead; "
+                    "request the manifest again"
+                )
         build.finished = time.time()
+        self._save_logged(build)
 
     def stage_of(self, manifest_id: str) -> str | None:
         """The stage folder holding a complete manifest (Parquet and sidecar) of this id, if any."""
@@ -121,12 +220,16 @@ class ManifestBuilder:
         return None
 
     def get(self, manifest_id: str) -> Build | None:
-        """The build record of an id: the one in memory, else a ready one from disk, else None."""
+        """The build of an id: ready when its files are on disk (its record if it has a ready one),
+        else its record while pending, running or failed, else None (a ready one whose files were
+        removed is gone too)."""
         build = self.builds.get(manifest_id)
-        if build is not None and (build.status != "ready" or self.stage_of(manifest_id) == build.stage):
+        stage = self.stage_of(manifest_id)
+        if stage is None:
+            return build if build is not None and build.status != "ready" else None
+        if build is not None and build.status == "ready" and build.stage == stage:
             return build
-        stage = self.stage_of(manifest_id)  # a ready one whose files were removed is gone too
-        return None if stage is None else Build(manifest_id, stage, "ready", created=None)
+        return Build(manifest_id, stage, "ready", created=None)
 
     def sidecar(self, build: Build) -> dict:
         """The JSON sidecar of a ready manifest (kept parsed: the files of an id never change)."""
@@ -160,5 +263,6 @@ class ManifestBuilder:
         return rows
 
     def shutdown(self) -> None:
-        # A running build finishes (numpy cannot be interrupted); queued ones are dropped.
+        # A running build finishes (numpy cannot be interrupted); queued ones are dropped here and,
+        # still recorded pending, built by the next service on this workspace.
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -244,6 +244,10 @@ class FeedbackResult(BaseModel):
     path: str  # where the report went, in the workspace: feedback/<stage>/<step, 9 digits>.parquet
     rows: int
     multipliers: dict[str, Any]  # engine.feedback.concept_multipliers' summary after this report
+    # The manifest the service rebuilds from this report when ``manifest`` named one of its own
+    # (its id, its data URL or its path): the reported one's recipe, seed and size over the
+    # reports as they are now. A trainer follows it once ready (also the response's Location).
+    refreshed: ManifestStatus | None = None
 
 
 # --- samples, thumbnails and concept gaps (the dashboard's explorer and concept pages) ----------

@@ -74,7 +74,8 @@ def curate(
     ],
     workspace: WorkspaceOption,
     kind: Annotated[
-        str, typer.Option(help="Source kind: auto, folder, table, webdataset, openclipart.")
+        str,
+        typer.Option("--kind", "--format", help="Source kind: auto, folder, table, webdataset, openclipart."),
     ] = "auto",
     image_column: Annotated[
         str | None, typer.Option(help="Table sources: the image path/URI column.")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import curate, graph, manifest, models, query, serve, train, vectors
+from cli import curate, graph, manifest, models, query, serve, sources, train, vectors
 
 app = typer.Typer(
     name="zcurate",
@@ -22,6 +22,7 @@ app.add_typer(curate.app)
 app.add_typer(query.app)
 app.add_typer(vectors.app)
 app.add_typer(models.models_app, name="models")
+app.add_typer(sources.app)
 app.add_typer(graph.app)
 app.add_typer(graph.graph_app, name="graph")
 app.add_typer(manifest.manifest_app, name="manifest")

@@ -26,6 +26,7 @@ REJECT_REASONS = {
     "empty_caption": "the caption is empty or only whitespace",
     "malformed_caption_file": "the caption sidecar (.json) cannot be parsed",
     "malformed_row": "a table row or tar member set lacks the fields a pair needs",
+    "download_failed": "img2dataset did not store the image (reject_detail: its status and error_message)",
     "duplicate_sample": "the same image bytes and caption were ingested before (first one kept)",
     "internal_error": "an unexpected error; reject_detail has the exception",
 }
@@ -59,6 +60,9 @@ SAMPLES = pa.schema(
         ("reject_reason", pa.string()),  # a key of REJECT_REASONS, null when ok
         ("reject_detail", pa.string()),  # human-readable detail (exception text), null when ok
         ("warnings", pa.list_(pa.string())),  # keys of WARNINGS, empty when none
+        # The record's source metadata, a JSON object: a table row's other columns, img2dataset's
+        # url/key/status/width/height and extra columns, a .json sidecar's fields; null when none.
+        ("meta", pa.string()),
     ]
 )
 
@@ -73,6 +77,7 @@ PLAN_ROW = pa.schema(
         ("caption", pa.binary()),  # caption bytes given by a table row (null: not given)
         ("error", pa.string()),  # a reject reason found while listing (e.g. malformed_row)
         ("detail", pa.string()),
+        ("meta", pa.string()),  # source metadata known when listing (samples.meta), JSON; null: none
     ]
 )
 PLAN_FILE = pa.schema([("shard", pa.int32()), *PLAN_ROW])  # the saved plan: plan rows + their shard

@@ -14,7 +14,8 @@ method, and relative to the workspace root::
     WS/boosts/<stage>/<hash>.parquet  user boosts of samples for a stage (boost_rel)
     WS/train/<run>/                   the bundled trainer's runs: checkpoints, logs (train)
     WS/_failed/<shard_id>.json        shards that failed every attempt (failed_rel)
-    WS/_jobs/<job id>.log             the service's curation jobs' output (jobs)
+    WS/_jobs/<job id>.log, .json      the service's curation jobs: output, last known state (jobs)
+    WS/_builds/<manifest id>.json     the service's manifest builds: request and state (builds)
     WS/_cache/                        derived files that can be remade: thumbnails, vectors (cache)
     WS/_tmp/                          half-written files; never read (tmp)
     WS/catalog.duckdb                 DuckDB views over the tables (catalog_file; local workspaces)
@@ -96,7 +97,8 @@ class Workspace:
     tmp = "_tmp"  # half-written files, renamed into place when whole
     plans = "_plans"  # each source's shard plan and how it was opened
     failed = "_failed"  # one record per shard that failed every attempt
-    jobs = "_jobs"  # the service's curation jobs' output
+    jobs = "_jobs"  # the service's curation jobs: output and records (api.jobs)
+    builds = "_builds"  # the service's manifest build records (api.manifests)
     cache = "_cache"  # derived files (thumbnails, concept vectors) that can be remade at any time
     index_root = "index"  # the FAISS indexes, one folder per embedding model (engine.vectors.index)
     manifests = "manifests"  # stage manifests (engine.curation.manifest)

@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from engine import schema
 from engine.catalog import refresh_catalog
+from engine.profiling.file_stamps import changed_shards
 from engine.profiling.ingest import IngestConfig, find_duplicate_rows, reject_duplicate
 from engine.profiling.plan import ShardPlan, plan_source, save_source_config
 from engine.profiling.source import Source
@@ -44,6 +46,7 @@ from pipelines.backfill import run_image_stage
 from pipelines.progress import step_progress
 from pipelines.runner import ShardRunner
 from pipelines.runtime import clear_failures, map_shards, ray_session, record_failure
+from pipelines.sources import drop_shards
 from pipelines.stages import ProfileStage, Stage, prepare_stages
 
 if TYPE_CHECKING:
@@ -185,6 +188,7 @@ def run_curate(
     config = config or IngestConfig()
     ws.create()
     plan = plan_source(ws, source, shard_size, limit)
+    drop_shards(ws, changed_since_ingest(ws, source, plan))  # rewritten files: their shards run again
     save_source_config(ws, source, config)
     done = set(ws.list_shards("samples"))
     pending = [i for i in range(plan.shard_count) if plan.shard_id(i) not in done]
@@ -214,6 +218,13 @@ def run_curate(
     with step_progress("catalog", show=progress):
         summary.catalog = refresh_catalog(ws)
     return summary
+
+
+def changed_since_ingest(ws: Workspace, source: Source, plan: ShardPlan) -> list[str]:
+    """Shard ids of ``plan`` holding a record whose file changed on disk since it was planned
+    (``engine.profiling.file_stamps``); the first run only records the stamps."""
+    rows = pq.read_table(ws.path(plan.path), columns=["shard", "ref", "uri", "caption_ref"], filesystem=ws.fs)
+    return [plan.shard_id(n) for n in changed_shards(ws, source, rows, plan.prefix)]
 
 
 def curate_runner_kwargs(

@@ -65,6 +65,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x .venv/bin/zcurate ]; t
   # RapidOCR's wheel ships the PP-OCRv4 ONNX models; --no-deps so that its opencv-python does not
   # sit beside paddlex's opencv-contrib-python (its other dependencies are in pyproject's [all]).
   .venv/bin/python -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+  # img2dataset (tests/engine/profiling/test_user_formats.py runs it over file:// URLs), also --no-deps:
+  # it and albumentations/albucore ask for opencv-python-headless (paddlex's opencv provides cv2), and
+  # wandb for its telemetry stack (img2dataset only imports it). The rest of what it imports is in
+  # [dev]; pip check lists what is left out (and its pins pandas<3, webdataset<0.3: it runs without).
+  .venv/bin/python -m pip install -q --no-deps "img2dataset==1.47.0" "albumentations==1.4.24" "albucore==0.0.23" "wandb==0.31.0"
   if [ "$gpu" = 1 ]; then
     echo "setup: GPU found (or ZCURATE_GPU=1): replacing ${CPU_PAIRS[*]} with ${GPU_PAIRS[*]}"
     .venv/bin/python -m pip uninstall -q -y "${CPU_PAIRS[@]}"

@@ -19,6 +19,7 @@ router = APIRouter(
         400: {"model": ErrorBody, "description": "a source the service refuses"},
         404: {"model": ErrorBody, "description": "no such job or source"},
         409: {"model": ErrorBody, "description": "a job is already running"},
+        503: {"model": ErrorBody, "description": "the job cannot be recorded in the workspace"},
     },
 )
 JobId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="A job id")]

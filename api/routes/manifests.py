@@ -50,11 +50,25 @@ def manifest_status(build: Build, sidecar: dict | None = None) -> ManifestStatus
 def found(state: State, manifest_id: str) -> Build:
     build = state.manifests.get(manifest_id)
     if build is None:
-        raise ApiError(404, "not_found", f"no manifest {manifest_id}")
+        raise ApiError(404, "not_found", f"no manifest {manifest_id}: request one with POST /v1/manifests")
     return build
 
 
-@router.post("/manifests", response_model=ManifestStatus, status_code=202, dependencies=[WriteScope])
+def not_ready(build: Build) -> ApiError:
+    return ApiError(
+        409,
+        "not_ready",
+        f"manifest {build.id} is {build.status}: wait until GET /v1/manifests/{build.id} says ready",
+    )
+
+
+@router.post(
+    "/manifests",
+    response_model=ManifestStatus,
+    status_code=202,
+    dependencies=[WriteScope],
+    responses={503: {"model": ErrorBody, "description": "the build cannot be recorded in the workspace"}},
+)
 def post_manifest(body: ManifestRequest, state: State) -> ManifestStatus:
     if body.stage not in shipped_recipes():
         raise ApiError(
@@ -72,6 +86,12 @@ def post_manifest(body: ManifestRequest, state: State) -> ManifestStatus:
         build = state.manifests.request(recipe, body.seed, body.size)
     except ManifestError as e:
         raise ApiError(422, "invalid_request", str(e)) from None
+    except OSError as e:  # the build record cannot be written: nothing was queued
+        raise ApiError(
+            503,
+            "workspace_unwritable",
+            f"cannot record the build in the workspace ({e}): check its free space and permissions",
+        ) from None
     return manifest_status(build)
 
 
@@ -100,11 +120,11 @@ def get_manifest_weights(manifest_id: ManifestId, state: State) -> Histogram:
     """The distribution of the manifest's row weights (20 equal-width bins), for the dashboard."""
     build = found(state, manifest_id)
     if build.status != "ready":
-        raise ApiError(409, "not_ready", f"manifest {manifest_id} is {build.status}")
+        raise not_ready(build)
     try:
         return Histogram(**weight_histogram(state.manifests.data_path(build)))
     except FileNotFoundError:  # removed since the lookup
-        raise ApiError(404, "not_found", f"no manifest {manifest_id}") from None
+        raise ApiError(404, "not_found", f"manifest {manifest_id} was removed: request it again") from None
 
 
 @router.get(
@@ -122,12 +142,12 @@ def get_manifest_weights(manifest_id: ManifestId, state: State) -> Histogram:
 def get_manifest_data(manifest_id: ManifestId, request: Request, state: State) -> FileResponse:
     build = found(state, manifest_id)
     if build.status != "ready":
-        raise ApiError(409, "not_ready", f"manifest {manifest_id} is {build.status}")
+        raise not_ready(build)
     path = state.manifests.data_path(build)
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:  # removed since the lookup
-        raise ApiError(404, "not_found", f"no manifest {manifest_id}") from None
+        raise ApiError(404, "not_found", f"manifest {manifest_id} was removed: request it again") from None
     http_range = request.headers.get("range")
     if http_range is not None:
         # FileResponse serves ranges (206, multipart for several) but answers bad ones in plain

@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from engine import schema
-from engine.profiling.records import RawRecord, open_filesystem
+from engine.profiling.records import RawRecord, SourceError, open_filesystem
+from engine.profiling.table_source import read_embedded
 
 # We enforce IngestConfig.max_pixels ourselves before decoding, so Pillow's own global limit
 # (89 MP warning, 179 MP error) is lifted; otherwise it would fire before our configurable check.
@@ -249,13 +250,19 @@ def decode_image(data: bytes, name: str, cfg: IngestConfig) -> tuple[Image.Image
 
 
 def read_sample_image(uri: str) -> Image.Image:
-    """Read and decode a curated sample's image again (path, pyarrow URI or ``archive.tar#member``)
+    """Read and decode a curated sample's image again (path, pyarrow URI, ``archive.tar#member`` or
+    ``table.parquet#COLUMN:ROW``)
     as ingest did: for training batches and dashboard thumbnails.
 
     Raises:
         Reject: the file is missing or does not decode (its reason, as in ingest).
     """
-    if "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
+    if "#" in uri and uri.rsplit("#", 1)[0].endswith(".parquet"):  # an image stored in a table
+        try:
+            data = read_embedded(uri)
+        except SourceError as e:
+            raise Reject("missing_file", str(e)) from None
+    elif "#" in uri and uri.split("#", 1)[0].endswith(".tar"):
         path, member = uri.split("#", 1)
         try:
             with tarfile.open(path) as tar:
@@ -284,6 +291,7 @@ def ingest_record(raw: RawRecord, source_key: str, cfg: IngestConfig) -> IngestR
         "reject_reason": None,
         "reject_detail": None,
         "warnings": [],
+        "meta": raw.meta,  # the source's own fields for the record (JSON), kept as they came
     }
     found: list[str] = []
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ class RawRecord:
     caption_bytes: bytes | None = None  # None when there is no caption at all
     error: str | None = None  # a reject reason found while reading
     detail: str | None = None
+    meta: str | None = None  # the record's source metadata, a JSON object (samples.meta)
 
 
 class SourceError(ValueError):
@@ -63,14 +65,22 @@ def text_to_bytes(text: str) -> bytes:
         return text.encode("utf-8", "surrogatepass")
 
 
-def caption_from_json(data: bytes) -> tuple[bytes | None, str | None]:
-    """The ``caption`` field of a JSON sidecar: (caption bytes or None, error or None)."""
+def json_object(data: bytes) -> tuple[dict | None, str | None]:
+    """A JSON sidecar's object: (object, None) or (None, 'malformed_caption_file:why')."""
     try:
         obj = json.loads(data.decode("utf-8", "surrogateescape"))
     except (json.JSONDecodeError, RecursionError) as e:
         return None, f"malformed_caption_file:{e}"
     if not isinstance(obj, dict):
         return None, "malformed_caption_file:not a JSON object"
+    return obj, None
+
+
+def caption_from_json(data: bytes) -> tuple[bytes | None, str | None]:
+    """The ``caption`` field of a JSON sidecar: (caption bytes or None, error or None)."""
+    obj, error = json_object(data)
+    if obj is None:
+        return None, error
     value = obj.get("caption")
     if value is None:
         return None, None
@@ -128,11 +138,59 @@ def pair_files(groups: dict[str, dict[str, str]], orphan_captions: tuple[str, ..
 
 
 def attach_caption(record: RawRecord, caption_ref: str | None, data: bytes | None, error: str | None) -> None:
-    """Put a sidecar's caption on a record (a .json sidecar's ``caption`` field); keep the first error."""
+    """Put a sidecar's caption on a record (a .json sidecar's ``caption`` field, its other fields as
+    metadata when the record has none yet); keep the first error."""
     if caption_ref is None:
         return
     if data is not None and caption_ref.endswith(".json"):
+        attach_meta(record, data)
         data, error = caption_from_json(data)
     record.caption_bytes = data
     if error and not record.error:
         record.error, record.detail = split_error(error)
+
+
+def meta_json(values: dict, drop: tuple[str, ...] = ("caption",)) -> str | None:
+    """Source metadata as ``samples.meta`` holds it: a JSON object with sorted keys, None when empty.
+
+    The caption is in its own column, so it is dropped; values JSON cannot hold become strings.
+    """
+    kept = {k: v for k, v in values.items() if k not in drop}
+    return json.dumps(kept, sort_keys=True, ensure_ascii=False, default=str) if kept else None
+
+
+def attach_meta(record: RawRecord, data: bytes | None) -> None:
+    """A ``.json`` sidecar's fields as the record's metadata, unless the plan already gave some
+    (img2dataset's Parquet holds the same fields); a sidecar that does not parse adds nothing."""
+    if record.meta is not None or data is None:
+        return
+    obj, _ = json_object(data)
+    if obj is not None:
+        record.meta = meta_json(obj)
+
+
+def no_pairs(location: str, fs: pafs.FileSystem, path: str, kind: str) -> SourceError:
+    """The error of a source that lists no records: what the location holds, and what to pass instead.
+
+    e.g. ``no pairs in out/: 3 .tar, 3 .parquet, 3 .json; pass --format webdataset or a file``.
+    """
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return SourceError(f"no pairs in {location}: {os.path.basename(path)} holds no records")
+    selector = pafs.FileSelector(path, recursive=True)
+    counts = Counter(
+        os.path.splitext(i.path)[1].lower() or "(no extension)"
+        for i in fs.get_file_info(selector)
+        if i.is_file
+    )
+    data_first = (".tar", ".parquet")  # on a tie, the extensions that hint at a kind come first
+    order = sorted(counts, key=lambda e: (-counts[e], data_first.index(e) if e in data_first else 2, e))
+    found = ", ".join(f"{counts[ext]} {ext}" for ext in order[:6]) or "it is empty"
+    if len(counts) > 6:
+        found += ", ..."
+    # tars are the likelier meaning of a folder with tars and Parquet (img2dataset's sidecars)
+    likely = next((k for ext, k in ((".tar", "webdataset"), (".parquet", "table")) if counts[ext]), kind)
+    hint = (
+        f"pass --format {likely} or a file" if likely != kind else "pass a folder of images, tars or a table"
+    )
+    return SourceError(f"no pairs in {location}: {found}; {hint}")

@@ -1,4 +1,4 @@
-"""WebDataset ``.tar`` shards: ``key.jpg`` + ``key.txt`` or ``key.json`` members."""
+"""WebDataset ``.tar`` shards: ``key.jpg`` + ``key.txt`` or ``key.json`` members (img2dataset's too)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from contextlib import ExitStack, contextmanager
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from engine.profiling import img2dataset_output
 from engine.profiling.records import (
     CAPTION_EXTENSIONS,
     RawRecord,
     SourceError,
     attach_caption,
+    attach_meta,
+    meta_json,
+    no_pairs,
     open_filesystem,
     pair_files,
     plan_table,
@@ -32,7 +36,12 @@ def _wds_split(member: str) -> tuple[str, str]:
 
 
 class WebDatasetSource:
-    """WebDataset ``.tar`` shards (``key.jpg`` + ``key.txt`` or ``key.json``): one tar or a folder of them."""
+    """WebDataset ``.tar`` shards (``key.jpg`` + ``key.txt`` or ``key.json``): one tar or a folder of them.
+
+    A ``key.json`` member is kept as the record's ``meta``. img2dataset's ``webdataset`` layout puts
+    ``NNNNN.parquet`` beside each ``NNNNN.tar``: its rows are the records' ``meta``, and its failed
+    downloads become ``download_failed`` records (``engine.profiling.img2dataset_output``).
+    """
 
     kind = "webdataset"
 
@@ -49,7 +58,7 @@ class WebDatasetSource:
         else:
             raise SourceError(f"{location!r} does not exist")
         if not self.tars:
-            raise SourceError(f"{location!r} holds no .tar files")
+            raise no_pairs(location, self.fs, self.base, self.kind)
 
     @property
     def key(self) -> str:
@@ -80,26 +89,32 @@ class WebDatasetSource:
                     }
                 )
                 continue
-            groups: dict[str, dict[str, str]] = {}
-            for name in members:
-                key, ext = _wds_split(name)
-                groups.setdefault(key, {})[ext] = name
-            for key, image, caption in pair_files(groups, orphan_captions=CAPTION_EXTENSIONS):
-                if image is None:
-                    rows.append(
-                        {
-                            "ref": f"{tar_name}#{key}",
-                            "uri": None,
-                            "caption_ref": caption,
-                            "error": "missing_file",
-                            "detail": f"no image member for key {key!r}",
-                        }
-                    )
-                else:
-                    rows.append(
-                        {"ref": f"{tar_name}#{image}", "uri": f"{tar_path}#{image}", "caption_ref": caption}
-                    )
+            rows += self._list_tar(tar_path, tar_name, members)
+        if not rows:
+            raise no_pairs(self.location, self.fs, self.base, self.kind)
         return plan_table(rows)
+
+    def _list_tar(self, tar_path: str, tar_name: str, members: list[str]) -> list[dict]:
+        """One tar's plan rows in key order, with img2dataset's failed downloads among them."""
+        groups: dict[str, dict[str, str]] = {}
+        for name in members:
+            key, ext = _wds_split(name)
+            groups.setdefault(key, {})[ext] = name
+        sidecar = img2dataset_output.sidecar_of(self.fs, tar_path) or {}
+        keyed = []  # (key, plan row)
+        for key, image, caption in pair_files(groups, orphan_captions=CAPTION_EXTENSIONS):
+            meta = meta_json(sidecar[key]) if key in sidecar else None
+            row = {"ref": f"{tar_name}#{image or key}", "caption_ref": caption, "meta": meta}
+            if image is None:
+                row |= {"error": "missing_file", "detail": f"no image member for key {key!r}"}
+            else:
+                row["uri"] = f"{tar_path}#{image}"
+            keyed.append((key, row))
+        for key, found in sidecar.items():
+            failed = img2dataset_output.failed_plan_row(f"{tar_name}#{key}", found)
+            if failed and key not in groups:
+                keyed.append((key, failed))
+        return [row for _, row in sorted(keyed, key=lambda pair: pair[0])]
 
     def read_records(self, rows: pa.Table) -> Iterator[RawRecord]:
         by_tar: dict[str, list[dict]] = {}
@@ -121,6 +136,7 @@ class WebDatasetSource:
     def _read_row(self, row: dict, tar, index: dict, open_error: str | None) -> RawRecord:
         member = (row["uri"] or "#").split("#", 1)[1]
         record = RawRecord(ref=row["ref"], uri=row["uri"], name=member)
+        record.caption_bytes, record.meta = row["caption"], row.get("meta")  # meta: not in old plans
         if row["error"]:
             record.error, record.detail = row["error"], row["detail"]
         elif open_error:
@@ -130,6 +146,9 @@ class WebDatasetSource:
             record.error, record.detail = split_error(err)
             if row["caption_ref"]:
                 attach_caption(record, row["caption_ref"], *self._member(tar, index, row["caption_ref"]))
+            meta_member = f"{_wds_split(member)[0]}.json"
+            if record.meta is None and meta_member in index:  # key.txt + key.json: the .json is metadata
+                attach_meta(record, self._member(tar, index, meta_member)[0])
         return record
 
     def _member(self, tar, index, name) -> tuple[bytes | None, str | None]:

@@ -38,7 +38,7 @@ from engine.curation.manifest_store import sidecar_recipe
 from engine.curation.sampling import weighted_order
 from engine.profiling.ingest import Reject, read_sample_image
 from engine.profiling.records import open_filesystem
-from engine.s3dit.service import fetch_manifest
+from engine.s3dit.service import fetch_manifest, refreshed_manifest
 from engine.workspace import Workspace
 
 REQUIRED_COLUMNS = schema.MANIFEST_REQUIRED  # what a hand-made manifest must have
@@ -343,10 +343,14 @@ def rebuild_manifest(ws: Workspace, current: str) -> str | None:
 
 
 def refresh_weights(loader: ManifestLoader, location: str, current: str, ws: Workspace | None = None) -> str:
-    """After a feedback report: rebuild the engine's manifest (when ``current`` has a sidecar) and
-    follow it, or follow a manifest folder where a newer manifest appeared; the loader takes the
+    """After a feedback report: rebuild the engine's manifest (when ``current`` has a sidecar; for the
+    service's data URL, the manifest the service rebuilt from the report) and follow it, or follow a
+    manifest folder where a newer manifest appeared; the loader takes the
     new weights for the rows it has, from the next epoch on. Returns the file now followed."""
-    rebuilt = rebuild_manifest(ws, current) if ws is not None else None
+    if current.startswith(("http://", "https://")):  # the service rebuilt it from the report just posted
+        rebuilt = refreshed_manifest(current)
+    else:
+        rebuilt = rebuild_manifest(ws, current) if ws is not None else None
     if rebuilt is None and not os.path.isdir(location):
         return current
     newest = rebuilt or resolve_manifest(location)

@@ -5,6 +5,11 @@ A trainer that runs beside the workspace reads manifests and writes its concept-
 talks to a running service (``api/``, DESIGN.md section 8) instead: ``GET .../v1/manifests/ID/data``
 for a manifest's Parquet, ``POST /v1/feedback`` for a report, with ``ZCURATE_API_KEY`` as the Bearer
 key. ``ZCURATE_FEEDBACK_URL`` (the service's base URL) sends reports to the service.
+
+A report names the manifest its draws came from; the service rebuilds that manifest over the new
+report (as the local trainer's ``engine.s3dit.data.rebuild_manifest`` does beside the workspace)
+and its answer names the new one. :func:`refreshed_manifest` then gives the new manifest's data URL
+once it is built, so the trainer follows it as a local one does.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import urllib.request
 
 import pyarrow as pa
@@ -26,6 +32,11 @@ MANIFEST_TIMEOUT_S = 600.0  # a large manifest is hundreds of MB: minutes on a s
 FEEDBACK_TIMEOUT_S = 30.0  # a report is a few kB; a service that takes longer is down, and training stops
 
 REPORT_FIELDS = ("concept_id", "samples", "loss_mean", "loss_std")  # one loss of the POST body
+REFRESH_POLL_S = 0.5  # between looks at a refreshed manifest's build (seconds to minutes)
+
+# The manifest the service rebuilt from this process's last report on a manifest: reported
+# location -> the new manifest's status URL (one trainer per process; read by refreshed_manifest).
+_refreshed: dict[str, str] = {}
 
 
 def auth_headers() -> dict[str, str]:
@@ -68,7 +79,39 @@ def post_feedback(base_url: str, report: pa.Table) -> str:
     url = f"{base_url.rstrip('/')}/v1/feedback"
     request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")
     with urllib.request.urlopen(request, timeout=FEEDBACK_TIMEOUT_S) as response:
-        return json.loads(response.read())["path"]
+        answer = json.loads(response.read())
+    if answer.get("refreshed"):
+        _refreshed[body["manifest"]] = f"{base_url.rstrip('/')}/v1/manifests/{answer['refreshed']['id']}"
+    return answer["path"]
+
+
+def refreshed_manifest(current: str, timeout_s: float = MANIFEST_TIMEOUT_S) -> str | None:
+    """The data URL of the manifest the service rebuilt from the last report on ``current``, once
+    it is ready; None when no report posted here named ``current`` or the service rebuilt nothing.
+
+    Raises:
+        ManifestError: the build failed, took longer than ``timeout_s``, or the service cannot be reached.
+    """
+    status_url = _refreshed.pop(current, None)
+    if status_url is None:
+        return None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        request = urllib.request.Request(status_url, headers=auth_headers())
+        try:
+            with urllib.request.urlopen(request, timeout=FEEDBACK_TIMEOUT_S) as response:
+                build = json.loads(response.read())
+        except (OSError, ValueError) as e:  # URLError/HTTPError are OSErrors
+            raise ManifestError(f"cannot follow the refreshed manifest {status_url!r}: {e}") from None
+        if build["status"] == "ready":
+            return f"{status_url}/data"
+        if build["status"] == "failed":
+            raise ManifestError(
+                f"the service could not rebuild the manifest ({status_url}): {build['error']}"
+            )
+        if time.monotonic() > deadline:
+            raise ManifestError(f"the refreshed manifest {status_url} was not built in {timeout_s:.0f} s")
+        time.sleep(REFRESH_POLL_S)
 
 
 def report_feedback(ws: Workspace, report: pa.Table) -> str:

@@ -21,13 +21,13 @@ The defaults come from ``scripts/calibrate_dedup.py`` on openclipart copies (doc
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
@@ -40,6 +40,8 @@ from engine.vectors.index import (
     load_index,
     vectors_from_column,
 )
+from engine.vectors.knn_graph import neighbour_lists
+from engine.vectors.phash_pairs import phash_pairs
 from engine.workspace import Workspace
 
 METHODS = ("louvain", "leiden")
@@ -77,6 +79,7 @@ class DedupSummary:
     semantic_pairs: int
     phash_pairs: int
     components_split: int  # components handed to Louvain/Leiden
+    searched: int = 0  # images whose neighbours were searched (the others kept their stored lists)
 
 
 # --- edges ------------------------------------------------------------------------------------
@@ -99,12 +102,14 @@ def semantic_pairs(
     k: int,
     nprobe: int | None = None,
     device: str = "cpu",
+    lists: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The k nearest neighbours of every row of ``vectors`` (row r = FAISS id r), exact cosines.
 
     Returns (i, j, sim) with i < j and sim >= threshold (each row keeps at most its k best),
     unique pairs sorted by (i, j), and per row its nearest other row and that cosine (-1 and NaN
-    when it has none).
+    when it has none). ``lists``: every row's search result (FAISS ids, cosines) of a flat index,
+    already known (``engine.vectors.knn_graph``), so nothing is searched.
     """
     n = len(vectors)
     nearest = np.full(n, -1, np.int64)
@@ -116,7 +121,8 @@ def semantic_pairs(
     if ivf is not None:
         blocks = _cell_join(ivf, vectors, threshold, k, nprobe or ivf.nprobe, nearest, nearest_sim)
     else:
-        blocks = _index_knn(to_device(index.index, device), vectors, threshold, k, nearest, nearest_sim)
+        searcher = to_device(index.index, device)
+        blocks = _index_knn(searcher, vectors, threshold, k, nearest, nearest_sim, lists)
     keys, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for rows, cols, sim in blocks:
         a, b = np.minimum(rows, cols), np.maximum(rows, cols)
@@ -126,12 +132,15 @@ def semantic_pairs(
     return key // n, key % n, np.concatenate(sims)[first], nearest, nearest_sim
 
 
-def _index_knn(index: faiss.Index, vectors, threshold, k, nearest, nearest_sim):
+def _index_knn(index: faiss.Index, vectors, threshold, k, nearest, nearest_sim, lists=None):
     """Flat and HNSW indexes hold the vectors: their k-NN similarities are exact already."""
     kk = min(k + 1, len(vectors))  # + 1: a vector finds itself
     for start in range(0, len(vectors), SEARCH_STEP):
-        query = np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32)
-        sim, ids = index.search(query, kk)
+        if lists is not None:
+            ids, sim = lists[0][start : start + SEARCH_STEP], lists[1][start : start + SEARCH_STEP]
+        else:
+            query = np.ascontiguousarray(vectors[start : start + SEARCH_STEP], dtype=np.float32)
+            sim, ids = index.search(query, kk)
         rows = np.repeat(np.arange(start, start + len(ids)), kk)
         cols, sim = ids.reshape(-1), sim.reshape(-1)
         keep = (cols >= 0) & (cols != rows)
@@ -177,56 +186,6 @@ def _cell_join(ivf: faiss.IndexIVF, vectors, threshold, k, nprobe, nearest, near
             sim[sim < kth] = -np.inf
         r, j = np.nonzero(sim >= threshold)
         yield rows[r], cand[j], sim[r, j]
-
-
-def phash_pairs(phash: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i, j, distance), i < j, of 64-bit hashes within ``max_distance`` bits; nulls: use a mask.
-
-    Equal hashes are linked in a chain (each to the previous one with the same value), which
-    connects them as well as all pairs would, in linear size.
-    """
-    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64))
-    if max_distance < 0 or len(phash) < 2:
-        return empty
-    phash = np.asarray(phash, np.uint64)
-    values, inverse = np.unique(phash, return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    same = inverse[order][1:] == inverse[order][:-1]
-    ii, jj, dd = [order[:-1][same]], [order[1:][same]], [np.zeros(int(same.sum()), np.int64)]
-    # distinct values within max_distance (> 0): multi-index hashing over max_distance + 1 blocks
-    if max_distance > 0 and len(values) > 1:
-        first_row = order[np.r_[0, np.flatnonzero(~same) + 1]]  # a row carrying each distinct value
-        blocks = max_distance + 1
-        edges = np.linspace(0, 64, blocks + 1).astype(int)
-        keys = []
-        for lo, hi in itertools.pairwise(edges):
-            block = (values >> np.uint64(lo)) & np.uint64((1 << (hi - lo)) - 1)
-            by_block = np.argsort(block, kind="stable")
-            starts = np.flatnonzero(np.r_[True, block[by_block][1:] != block[by_block][:-1], True])
-            for s, e in itertools.pairwise(starts):
-                if e - s >= 2:
-                    keys.append(_close_pairs(values, by_block[s:e], max_distance))
-        key = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-        a, b = key // len(values), key % len(values)
-        ii.append(first_row[a])
-        jj.append(first_row[b])
-        dd.append(np.bitwise_count(values[a] ^ values[b]).astype(np.int64))
-    i, j, d = np.concatenate(ii), np.concatenate(jj), np.concatenate(dd)
-    return np.minimum(i, j), np.maximum(i, j), d
-
-
-def _close_pairs(values: np.ndarray, members: np.ndarray, max_distance: int) -> np.ndarray:
-    """Keys a * len(values) + b (a < b) of the member pairs within ``max_distance`` bits."""
-    members = np.sort(members)
-    step = max(1, (1 << 22) // len(members))  # rows per step: a (step, g) distance matrix of <= 4M
-    keys = []
-    for start in range(0, len(members), step):
-        rows = members[start : start + step]
-        dist = np.bitwise_count(values[rows][:, None] ^ values[members][None, :])
-        upper = members[None, :] > rows[:, None]
-        r, c = np.nonzero((dist <= max_distance) & upper)
-        keys.append(rows[r].astype(np.int64) * len(values) + members[c])
-    return np.concatenate(keys)
 
 
 # --- communities ------------------------------------------------------------------------------
@@ -322,10 +281,47 @@ def load_image_vectors(
         ids.extend(table["sample_id"].to_pylist())
         score = table["clip_score"] if "clip_score" in names else pa.nulls(table.num_rows, pa.float64())
         scores.append(pc.fill_null(score.cast(pa.float64()), np.nan).to_numpy())
-    if ids != list(vindex.ids):
-        raise VectorIndexError("the image index is out of date: run 'zcurate index' first")
     vectors = np.concatenate(parts) if parts else np.zeros((0, vindex.meta.dim), np.float16)
-    return vectors, (np.concatenate(scores) if scores else np.zeros(0))
+    scores = np.concatenate(scores) if scores else np.zeros(0)
+    if ids != list(vindex.ids):  # shards added at different times: put the rows in FAISS id order
+        row_of = {sample_id: row for row, sample_id in enumerate(ids)}
+        order = np.array([row_of.get(sample_id, -1) for sample_id in vindex.ids], np.int64)
+        if len(ids) != len(vindex.ids) or (order < 0).any():
+            raise VectorIndexError("the image index is out of date: run 'zcurate index' first")
+        vectors, scores = vectors[order], scores[order]
+    return vectors, scores
+
+
+def semantic_edges(ws: Workspace, config: DedupConfig, model: str | None, row_of: dict, n: int):
+    """The image index's edges over signals rows (i, j, cosine), each row's nearest other image and
+    its cosine, clip_score per row, and how many images were searched (the rest kept stored lists)."""
+    nearest_id: list[str | None] = [None] * n
+    nearest_sim = np.full(n, np.nan, np.float32)
+    clip = np.full(n, np.nan)
+    none = np.zeros(0, np.int64)
+    try:
+        vindex = load_index(ws, "image", model=model)
+    except VectorIndexError:
+        vindex = None
+    if vindex is None or not n:
+        return none, none, np.zeros(0), nearest_id, nearest_sim, clip, 0
+    vectors, scores = load_image_vectors(ws, vindex, model)
+    rows = np.array([row_of.get(s, -1) for s in vindex.ids], np.int64)  # FAISS id -> signals row
+    lists, searched = None, len(vectors)
+    if vindex.meta.kind == "flat":  # exact: keep the lists, search only what changed
+        searcher = to_device(vindex.index, config.device)
+        found, sims, searched = neighbour_lists(ws, searcher, vindex.ids, vectors, config.k, model)
+        lists = (found, sims)
+    a, b, sim, near, near_sim = semantic_pairs(
+        vindex, vectors, config.threshold, config.k, config.nprobe, config.device, lists
+    )
+    keep = (rows[a] >= 0) & (rows[b] >= 0)  # a sample dropped since indexing has no row
+    for fid in np.flatnonzero(rows >= 0):
+        r = rows[fid]
+        clip[r] = scores[fid]
+        if near[fid] >= 0:
+            nearest_id[r], nearest_sim[r] = str(vindex.ids[near[fid]]), near_sim[fid]
+    return rows[a][keep], rows[b][keep], sim[keep].astype(np.float64), nearest_id, nearest_sim, clip, searched
 
 
 def dedup_workspace(
@@ -343,31 +339,9 @@ def dedup_workspace(
     sample_ids = np.asarray(signals["sample_id"].to_pylist(), dtype=object)
     n = len(sample_ids)
     row_of = {s: r for r, s in enumerate(sample_ids)}
-    ii, jj, ww = [], [], []
-    nearest_id: list[str | None] = [None] * n
-    nearest_sim = np.full(n, np.nan, np.float32)
-    clip = np.full(n, np.nan)
-    semantic_count = 0
-    try:
-        vindex = load_index(ws, "image", model=model)
-    except VectorIndexError:
-        vindex = None
-    if vindex is not None and n:
-        vectors, scores = load_image_vectors(ws, vindex, model)
-        rows = np.array([row_of.get(s, -1) for s in vindex.ids], np.int64)  # FAISS id -> signals row
-        a, b, sim, near, near_sim = semantic_pairs(
-            vindex, vectors, config.threshold, config.k, config.nprobe, config.device
-        )
-        keep = (rows[a] >= 0) & (rows[b] >= 0)  # a sample dropped since indexing has no row
-        ii.append(rows[a][keep])
-        jj.append(rows[b][keep])
-        ww.append(sim[keep].astype(np.float64))
-        semantic_count = int(keep.sum())
-        for fid in np.flatnonzero(rows >= 0):
-            r = rows[fid]
-            clip[r] = scores[fid]
-            if near[fid] >= 0:
-                nearest_id[r], nearest_sim[r] = str(vindex.ids[near[fid]]), near_sim[fid]
+    si, sj, sw, nearest_id, nearest_sim, clip, searched = semantic_edges(ws, config, model, row_of, n)
+    ii, jj, ww = [si], [sj], [sw]
+    semantic_count = len(si)
     valid = signals["phash"].is_valid().to_numpy(zero_copy_only=False)
     hashed = np.flatnonzero(valid)
     pa_i, pa_j, dist = phash_pairs(
@@ -404,6 +378,7 @@ def dedup_workspace(
         communities=int((sizes > 1).sum()),
         duplicates=int(n - is_rep.sum()),
         semantic_pairs=semantic_count,
+        searched=searched,
         phash_pairs=len(pa_i),
         components_split=split,
     )
@@ -424,4 +399,20 @@ def index_and_dedup(ws: Workspace, progress=None, device: str = "cpu") -> DedupS
     for held in models:
         for modality in ("image", "text"):
             build_index(ws, modality, IndexConfig(device=device), progress=progress, model=held.key)
+    if dedup_up_to_date(ws):  # a rerun that added nothing: the communities stand
+        return None
     return dedup_workspace(ws, DedupConfig(device=device))
+
+
+def dedup_up_to_date(ws: Workspace) -> bool:
+    """Whether ``dedup`` is newer than every ``signals`` shard, the active image index and the record
+    of the active model (its inputs), so curate's global step can skip it."""
+    from engine.embedding_models import MODELS_FILE
+    from engine.vectors.index import index_meta_path
+
+    if not ws.has_shard("dedup", "all"):
+        return False
+    inputs = [*ws.shard_files("signals"), index_meta_path(ws, "image"), ws.path(MODELS_FILE)]
+    infos = ws.fs.get_file_info([*inputs, ws.shard_path("dedup", "all")])
+    times = [i.mtime_ns for i in infos[:-1] if i.type != pafs.FileType.NotFound]
+    return max(times, default=0) <= infos[-1].mtime_ns

@@ -147,3 +147,13 @@ def _gpu_knn(xb: np.ndarray, xq: np.ndarray, k: int, device: str) -> tuple[np.nd
         flat.add(xb)
         sims, ids = flat.search(xq, k)
     return sims.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+
+def train_index(index: faiss.Index, sample: np.ndarray, device: str = "cpu") -> None:
+    """Train IVF/PQ on ``sample``; on a GPU the coarse k-means assigns points there (the costly part)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and device.startswith("cuda") and gpu_available():
+        ivf.clustering_index = to_device(faiss.IndexFlatL2(ivf.d), device)
+    index.train(sample)
+    if ivf is not None:
+        ivf.clustering_index = None  # a GPU index must not be written with the index

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from engine.vectors.faiss_gpu import train_index
 from engine.workspace import Workspace
 
 MODALITIES = ("image", "text")
@@ -76,8 +77,7 @@ class IndexConfig:
     kmeans_iters: int = 10  # k-means iterations (coarse cells and PQ codebooks): faiss's default 25
     # costs 2.5x the training time; the planted-pair recall in bench/bench_dedup.py stays at 1.0
     seed: int = 0  # the training sample and k-means initialisation
-    device: str = "cpu"  # cpu | cuda:N: where IVF/PQ k-means assigns points (engine.vectors.faiss_gpu);
-    # the index itself is built, stored and searched on the CPU
+    device: str = "cpu"  # where IVF k-means assigns points (faiss_gpu); the index stays on the CPU
 
     def resolve(self, n: int, dim: int) -> IndexConfig:
         """The concrete config for ``n`` vectors of ``dim`` (every None filled in)."""
@@ -244,18 +244,6 @@ def create_faiss_index(config: IndexConfig, dim: int) -> faiss.Index:
     raise VectorIndexError(f"cannot create an index of kind {config.kind!r}")
 
 
-def train_index(index: faiss.Index, sample: np.ndarray, device: str = "cpu") -> None:
-    """Train IVF/PQ on ``sample``; on a GPU the coarse k-means assigns points there (the costly part)."""
-    from engine.vectors.faiss_gpu import gpu_available, to_device
-
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and device.startswith("cuda") and gpu_available():
-        ivf.clustering_index = to_device(faiss.IndexFlatL2(ivf.d), device)
-    index.train(as_float32(sample))
-    if ivf is not None:
-        ivf.clustering_index = None  # a GPU index must not be written with the index
-
-
 def set_search_params(index: faiss.Index, nprobe: int, ef_search: int) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
@@ -311,9 +299,9 @@ def build_index(
 ) -> IndexMeta | None:
     """Build or extend ``WS/index/<model>/<modality>``; returns its metadata (None: no vectors at all).
 
-    New embeddings shards are added to an existing index. The index is rebuilt from scratch when
-    ``rebuild`` is set, when a shard it holds changed or disappeared, or when the embedding model
-    changed. ``progress(n)`` is called after each shard with its number of vectors.
+    New embeddings shards are added to an existing index. It is rebuilt when ``rebuild`` is set, a
+    shard it holds changed or went, the model changed, or the size calls for another kind (auto: a
+    flat index past ``exact_max`` becomes IVF-PQ). ``progress(n)``: after each shard, its vectors.
     """
     if modality not in MODALITIES:
         raise VectorIndexError(f"unknown modality {modality!r}; choose image or text")
@@ -323,6 +311,11 @@ def build_index(
     existing = None if rebuild else read_meta(ws, modality, model)
     if existing is not None and any(prints.get(s) != f for s, f in existing["shard_fingerprints"].items()):
         existing = None  # a shard was rewritten (cross-shard dedup, new model) or removed: rebuild
+    if (
+        existing is not None
+        and config.resolve(sum(shards.values()), existing["dim"]).kind != existing["kind"]
+    ):
+        existing = None  # grown past exact_max: the flat index becomes an IVF-PQ one, built anew
     if existing is not None:
         vindex = load_index(ws, modality, mmap=False, model=model)
         index, ids, meta = vindex.index, list(vindex.ids), vindex.meta
@@ -330,7 +323,10 @@ def build_index(
         todo = [s for s in shards if s not in fingerprints]
     else:
         index, ids, meta, fingerprints, todo = None, [], None, {}, list(shards)
-        if not shards:
+        if not shards:  # every shard went (a removed source): no index, rather than a stale one
+            for suffix in (".json", ".faiss", "-ids.parquet"):  # the metadata first: it marks a whole index
+                if ws.exists(ws.index_rel(model), f"{modality}{suffix}"):
+                    ws.fs.delete_file(_index_path(ws, modality, suffix, model))
             return None
         _, dim_probe, _ = _first_vectors(ws, shards, modality, model)
         if dim_probe is None:
@@ -339,7 +335,7 @@ def build_index(
         index = create_faiss_index(resolved, dim_probe)
         if not index.is_trained:
             sample = training_sample(ws, shards, modality, resolved.train_size, resolved.seed, model)
-            train_index(index, sample, config.device)
+            train_index(index, as_float32(sample), config.device)
         params = {k: v for k, v in asdict(resolved).items() if k != "device"}  # same file on CPU and GPU
         meta = IndexMeta(modality, "", resolved.kind, dim_probe, 0, params)
     if not todo and existing is not None:

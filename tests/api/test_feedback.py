@@ -37,11 +37,8 @@ def test_feedback_is_written_and_changes_the_next_manifest(client, workspace, co
     before = client.post("/v1/manifests", json=request).json()["id"]
     assert wait_built(client, before)["status"] == "ready"
 
-    # A step after every report already there (a reused ZCURATE_TEST_API_WORKSPACE has some).
     ws = Workspace(workspace)
-    step = 1 + max(
-        (int(name.split(".")[0]) for name in ws.list_files("feedback/lowres", ".parquet")), default=0
-    )
+    step = next_step(workspace)
     response = client.post("/v1/feedback", json=report(step, concept_ids))
     assert response.status_code == 201, response.text
     body = response.json()
@@ -57,6 +54,42 @@ def test_feedback_is_written_and_changes_the_next_manifest(client, workspace, co
     assert after["id"] != before  # the reports are part of the manifest's identity
     built = wait_built(client, after["id"])
     assert built["status"] == "ready" and built["sidecar"]["feedback"]["reports"] >= 1
+
+
+def next_step(workspace: str, stage: str = "lowres") -> int:
+    """A step after every report already there (a reused ZCURATE_TEST_API_WORKSPACE has some)."""
+    names = Workspace(workspace).list_files(f"feedback/{stage}", ".parquet")
+    return 1 + max((int(name.split(".")[0]) for name in names), default=0)
+
+
+def test_a_report_on_a_manifest_of_the_service_names_the_refreshed_one(
+    base_url, client, workspace, concept_ids
+):
+    """The trainer reported on a manifest the service built: the answer names the manifest the
+    service rebuilds from the report (same recipe and seed), to follow once ready."""
+    before = wait_built(
+        client, client.post("/v1/manifests", json={"stage": "lowres", "seed": 23}).json()["id"]
+    )
+    assert before["status"] == "ready"
+    body = report(next_step(workspace), concept_ids) | {
+        "manifest": f"{base_url}/v1/manifests/{before['id']}/data"
+    }
+    response = client.post("/v1/feedback", json=body)
+    assert response.status_code == 201, response.text
+    refreshed = response.json()["refreshed"]
+    assert refreshed["id"] != before["id"] and refreshed["stage"] == "lowres"
+    assert response.headers["location"] == f"/v1/manifests/{refreshed['id']}"
+    after = wait_built(client, refreshed["id"])
+    assert after["status"] == "ready" and after["sidecar"]["seed"] == 23
+    assert client.post("/v1/manifests", json={"stage": "lowres", "seed": 23}).json()["id"] == refreshed["id"]
+
+    # A report naming no manifest of the service (a hand-made file, an unknown id) refreshes none.
+    for manifest in ("manifests/lowres/x.parquet", "ffffffffffffffff"):
+        response = client.post(
+            "/v1/feedback", json=report(next_step(workspace), concept_ids) | {"manifest": manifest}
+        )
+        assert response.status_code == 201 and response.json()["refreshed"] is None
+        assert "location" not in response.headers
 
 
 def test_feedback_needs_the_write_scope(base_url, anon, concept_ids):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -96,7 +97,7 @@ def test_bad_job_requests_are_422(jobs, body):
     assert_error(jobs.post("/v1/jobs", json=body), 422)
 
 
-def test_one_job_at_a_time_and_cancel(jobs):
+def test_one_job_at_a_time_and_cancel(jobs, job_workspace):
     started = jobs.post("/v1/jobs", json={"source": "openclipart", "limit": 512, "steps": ["embed"]})
     assert started.status_code == 202, started.text
     job = started.json()
@@ -112,6 +113,12 @@ def test_one_job_at_a_time_and_cancel(jobs):
     assert {s["step"] for s in final["progress"]["steps"]} == {"ingest", "profile", "embed"}
     again = jobs.delete(f"/v1/jobs/{job['id']}")  # cancelling a finished job changes nothing
     assert again.status_code == 202 and again.json()["status"] == "cancelled"
+    # Its last state is recorded beside its log (tests/api/test_restart.py restarts the service).
+    ws, deadline = Workspace(job_workspace), time.monotonic() + 5  # written just after the state changes
+    while (record := json.loads(ws.read_text(f"_jobs/{job['id']}.json")))["status"] != "cancelled":
+        assert time.monotonic() < deadline, record
+        time.sleep(0.05)
+    assert record["finished"] == final["finished"]
 
 
 @pytest.mark.ray

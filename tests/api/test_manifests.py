@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -48,6 +49,9 @@ def test_ready_manifest_has_its_sidecar(built, workspace):
     assert sidecar["seed"] == 11 and sidecar["size"] is None
     assert sidecar["counts"]["rows"] > 0
     assert Workspace(workspace).exists("manifests", "lowres", f"{built['id']}.parquet")
+    # The build is recorded in the workspace (tests/api/test_restart.py restarts the service on it).
+    record = json.loads(Workspace(workspace).read_text(f"_builds/{built['id']}.json"))
+    assert record["status"] == "ready" and record["seed"] == 11 and record["recipe"]["stage"] == "lowres"
 
 
 def test_identical_request_returns_the_same_id_without_a_second_build(client, built, workspace):

@@ -40,6 +40,7 @@ def test_the_command_groups_are_all_attached():
     names = {words[0] for words in command_paths()}
     expected = {"curate", "demo", "ocr", "embed", "safety", "sql", "stats", "reasons", "train-embedder"}
     expected |= {"index", "search", "dedup", "tag", "graph", "manifest", "train", "sample", "serve", "models"}
+    expected |= {"sources", "remove"}
     assert names == expected
 
 

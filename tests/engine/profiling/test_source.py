@@ -242,3 +242,30 @@ def test_folder_source_lone_caption_is_missing_file(tmp_path):
     (tmp_path / "a.txt").write_text("caption without image")
     rows = ingest_all(FolderSource(str(tmp_path), 2**30))
     assert [(r["ref"], r["reject_reason"]) for r in rows] == [("a.txt", "missing_file")]
+
+
+def test_a_folder_of_tars_with_sidecars_is_webdataset_and_of_parquet_a_table(tmp_path):
+    from engine.profiling.source import detect_kind
+
+    (tmp_path / "wds").mkdir()
+    for name in ("00000.tar", "00000.parquet", "00000_stats.json"):  # img2dataset's webdataset layout
+        (tmp_path / "wds" / name).write_bytes(b"")
+    (tmp_path / "pq").mkdir()
+    for name in ("00000.parquet", "00000_stats.json"):  # its parquet layout
+        (tmp_path / "pq" / name).write_bytes(b"")
+    (tmp_path / "files" / "00000").mkdir(parents=True)  # its files layout: a sub-folder per shard
+    (tmp_path / "files" / "00000.parquet").write_bytes(b"")
+    kinds = {name: detect_kind(str(tmp_path / name)) for name in ("wds", "pq", "files")}
+    assert kinds == {"wds": "webdataset", "pq": "table", "files": "folder"}
+
+
+def test_table_columns_are_kept_as_meta_and_old_plans_still_read(pairs):
+    root, items = pairs
+    path = root / "meta.csv"
+    path.write_text(f"image,caption,license\nimages/{items[0][0]},a caption,cc-by\n", encoding="utf-8")
+    source = load_source(str(path))
+    listing = source.list_records()
+    assert listing["meta"].to_pylist() == ['{"license": "cc-by"}']
+    old_plan = listing.drop_columns(["meta"])  # a plan saved before samples had meta
+    (record,) = source.read_records(old_plan)
+    assert record.meta is None and record.image_bytes == items[0][1]

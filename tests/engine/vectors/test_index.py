@@ -166,3 +166,32 @@ def test_empty_single_and_null_vectors(scratch_dir):
     assert hits == [[("s0", pytest.approx(1.0))]]
     with pytest.raises(VectorIndexError, match="dimension"):
         load_index(ws, "image").search(np.ones(3, np.float32))
+
+
+def test_a_flat_index_grown_past_exact_max_is_rebuilt_as_ivfpq(scratch_dir, vectors):
+    """Appending keeps the kind while it fits; past ``exact_max`` the documented rule rebuilds."""
+    ws = Workspace(scratch_dir)
+    config = IndexConfig(exact_max=2000)
+    write_embeddings(ws, "a-0", vectors[:1500], "a")
+    assert build_index(ws, "image", config).kind == "flat"
+    write_embeddings(ws, "a-1", vectors[1500:1900], "b")
+    meta = build_index(ws, "image", config)
+    assert (meta.kind, meta.ntotal) == ("flat", 1900)  # appended
+    write_embeddings(ws, "a-2", vectors[1900:], "c")
+    meta = build_index(ws, "image", config)
+    assert (meta.kind, meta.ntotal, list(meta.shards)) == ("ivfpq", 3000, ["a-0", "a-1", "a-2"])
+
+
+def test_shards_added_out_of_name_order_keep_their_vectors_aligned(scratch_dir, vectors):
+    """A later source whose shard ids sort first (a second source of a workspace): dedup reads
+    the vectors back in FAISS id order, not in shard-name order."""
+    from engine.vectors.dedup import load_image_vectors
+
+    ws = Workspace(scratch_dir)
+    write_embeddings(ws, "b-0", vectors[:300], "b")
+    build_index(ws, "image")
+    write_embeddings(ws, "a-0", vectors[300:500], "a")
+    build_index(ws, "image")
+    vindex = load_index(ws, "image")
+    loaded, _ = load_image_vectors(ws, vindex)
+    np.testing.assert_allclose(loaded.astype(np.float32), vectors[:500], atol=2e-3)
