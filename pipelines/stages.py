@@ -225,4 +225,4 @@ def build_image_stages(
         "embed": lambda: EmbedStage(model=model, device=device, gpus_per_actor=gpus_per_actor),
         "safety": lambda: SafetyStage(device=device, gpus_per_actor=gpus_per_actor),
     }
-    return [built[name]() for name in names]
+    return [built.get(name, IMAGE_STAGES[name])() for name in names]  # a stage registered by a user too

@@ -322,8 +322,8 @@ async function concepts(params) {
 
 function hitsGrid(result) {
   return h("div", {},
-    h("div", { class: "status", id: "search-count", "data-hits": result.hits.length },
-      `${result.hits.length} results` + (result.model_id ? ` · model ${result.model_id}` : "")),
+    h("div", { class: "status", id: "search-count", "data-hits": result.hits.length }, `${result.hits.length} results`),
+    h("p", { class: "muted", id: "search-model" }, result.model_id ? `embedding model: ${result.model_id}` : ""),
     h("div", { class: "grid", id: "search-grid" }, result.hits.map((x) => cell(x.sample_id, x.caption, `#${x.rank} · similarity ${fmt(x.score)}`))));
 }
 

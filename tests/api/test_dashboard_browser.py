@@ -175,6 +175,7 @@ def test_the_dashboard_in_a_browser(walk: Walk, dash_ws: Workspace, rows):  # no
     page.fill("#text-search input[name=text]", "a red apple")
     walk.click("#text-search button", "search")
     assert page.locator("#search-grid .cell").count() == min(24, len(rows))
+    assert page.locator("#search-model").inner_text().startswith("embedding model: EffLite0-MiniLM-L6@")
     walk.shot("search")
     page.set_input_files("#image-query", rows_uri(dash_ws, sid))
     expect(page.locator("#search-results .status")).to_have_text("24 results", timeout=WAIT_MS)
