@@ -42,18 +42,21 @@ def record_files(source, rows: pa.Table) -> list[list[str]]:
     return files
 
 
-def current_stamps(source, rows: pa.Table) -> list[str]:
-    """``size:mtime_ns`` of each row's files, joined; ``missing`` for a file that is gone."""
+def current_stamps(source, rows: pa.Table) -> list[str] | None:
+    """``size:mtime_ns`` of each row's files, joined; ``missing`` for a file that is gone. None when
+    the files cannot be statted at all (then nothing is compared: a failed listing must not look
+    like every file changed)."""
     files = record_files(source, rows)
     distinct = sorted({f for fs in files for f in fs})
     if not distinct:
         return [""] * rows.num_rows
     try:
         fs, _ = open_filesystem(distinct[0])
-        paths = [open_filesystem(f)[1] if "://" in f else os.path.abspath(f) for f in distinct]
+        # one filesystem for the source; a URI's path is what follows its scheme (s3://b/k -> b/k)
+        paths = [f.split("://", 1)[1] if "://" in f else os.path.abspath(f) for f in distinct]
         infos = dict(zip(distinct, fs.get_file_info(paths), strict=True))
-    except (SourceError, OSError, pa.ArrowException):  # cannot stat: nothing is called changed
-        return [""] * rows.num_rows
+    except (SourceError, OSError, pa.ArrowException):
+        return None
     stamp = {
         f: "missing" if i.type == pafs.FileType.NotFound else f"{i.size}:{i.mtime_ns}"
         for f, i in infos.items()
@@ -65,6 +68,8 @@ def changed_shards(ws, source, plan_rows: pa.Table, prefix: str) -> list[int]:
     """Shard numbers holding a record whose files changed since the stamps were taken; stores the
     new stamps. The first call for a plan (or one from before stamps were kept) only stores them."""
     now = current_stamps(source, plan_rows)
+    if now is None:  # cannot stat: keep the stored stamps, call nothing changed
+        return []
     rel = stamps_rel(ws, prefix)
     before = {}
     if ws.exists(rel):

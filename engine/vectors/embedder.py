@@ -51,7 +51,7 @@ class Embedder:
     def start_image_forward(self, pixels):
         """Start the forward of a preprocessed (n, 3, H, W) batch; returns the vectors as a tensor
         on the device. On CUDA the call returns at once (kernels queue), so the caller can
-        preprocess the next batch while this one runs; ``np.asarray(vectors_of(x))`` waits."""
+        preprocess the next batch while this one runs; ``vectors_of`` on the result waits for it."""
         import torch
 
         on_cuda = self.device.startswith("cuda")
