@@ -65,6 +65,10 @@ def tag(
         f"graph {summary.concepts} concepts, {len(summary.mined)} mined from captions "
         f"({summary.attach_method or 'none'}); {summary.seconds:.1f} s"
     )
+    out.print(
+        f"shards: {summary.shards_read} read for mining, {summary.shards_tagged} tagged, "
+        f"{summary.shards_searched} searched for zero-shot tags (the others were still right)"
+    )
     if summary.clip_skipped:
         out.print(f"clip zero-shot: not run ({summary.clip_skipped})")
     else:

@@ -205,18 +205,22 @@ class ConceptMatcher:
 
     def add_term(self, term: str, concept_id: int) -> None:
         """Add a surface term (and its plural) for a concept, e.g. one mined from captions."""
-        tokens = normalize_tokens(term)
-        if not tokens:
-            return
-        irregular = _plural_table()
-        keys = [" ".join(tokens)]
-        keys += [" ".join([*tokens[:-1], p]) for p in plural_forms(tokens[-1], irregular)]
+        keys = term_keys(term)
         for key in keys:
             if concept_id not in self.senses.get(key, ()):
                 self.senses[key] = (*self.senses.get(key, ()), concept_id)
         for key in keys:
             parts = key.split(" ")
             self.prefixes.update(" ".join(parts[:k]) for k in range(1, len(parts)))
+
+
+def term_keys(term: str) -> list[str]:
+    """The surface keys ``ConceptMatcher.add_term`` adds for a term: it and its plurals."""
+    tokens = normalize_tokens(term)
+    if not tokens:
+        return []
+    plurals = plural_forms(tokens[-1], _plural_table())
+    return [" ".join(tokens)] + [" ".join([*tokens[:-1], p]) for p in plurals]
 
 
 def _plural_table(data_dir: str = DATA_DIR) -> dict[str, list[str]]:

@@ -10,6 +10,7 @@ else under the concept it co-occurs with most (``attach_by_cooccurrence``).
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -72,23 +73,30 @@ def shard_texts(ws, shard_id: str) -> tuple[list[str], list[str], dict[str, str]
     return [s["sample_id"] for s in ok], [s["caption"] for s in ok], ocr
 
 
+def term_counts(signatures: Iterable[tuple[tuple[str, ...], tuple[int, ...], int]]) -> dict[str, int]:
+    """Caption word WordNet lacks -> captions using it, from the shards' text summaries
+    (``engine.graph.tag_state``: (new words, concepts, captions) per distinct caption kind)."""
+    counts: dict[str, int] = {}
+    for words, _, n in signatures:
+        for word in words:
+            counts[word] = counts.get(word, 0) + n
+    return counts
+
+
 def cooccurrence(
-    ws, shards: list[str], matcher: ConceptMatcher, terms: dict[str, int], fold: dict[str, str]
+    signatures: Iterable[tuple[tuple[str, ...], tuple[int, ...], int]],
+    terms: dict[str, int],
+    fold: dict[str, str],
 ) -> dict[str, dict[int, int]]:
-    """term -> {concept: samples where both appear} over every caption."""
-    lexicon = load_lexicon()
+    """term -> {concept: captions where both appear}, from the shards' text summaries (the
+    concepts are the base matcher's, before any mined term is added)."""
     together: dict[str, dict[int, int]] = {t: {} for t in terms}
-    for shard_id in shards:
-        _, captions, _ = shard_texts(ws, shard_id)
-        for caption in captions:
-            present = {fold.get(t, t) for t in new_terms(matcher, caption, lexicon)} & together.keys()
-            if not present:
-                continue
-            concepts = {m.concept_id for m in matcher.match(caption)}
-            for term in present:
-                counter = together[term]
-                for c in concepts:
-                    counter[c] = counter.get(c, 0) + 1
+    for words, concepts, n in signatures:
+        present = {fold.get(t, t) for t in words} & together.keys()
+        for term in present:
+            counter = together[term]
+            for c in concepts:
+                counter[c] = counter.get(c, 0) + n
     return together
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from tqdm import tqdm
 
 from engine import schema
+from engine.graph import tag_state
 from engine.graph.concept_graph import (
+    DATA_DIR,
     GraphConfig,
     add_mined_concept,
     load_graph,
@@ -23,6 +26,7 @@ from engine.graph.concept_graph import (
 )
 from engine.graph.matching import (
     SOURCE_CAPTION,
+    SOURCE_CLIP,
     SOURCE_OCR,
     ConceptMatcher,
     build_matcher,
@@ -35,8 +39,8 @@ from engine.graph.mining import (
     cooccurrence,
     fold_plural_terms,
     load_lexicon,
-    new_terms,
     shard_texts,
+    term_counts,
 )
 from engine.graph.zero_shot import clip_tags, load_clip_embedder
 
@@ -84,6 +88,9 @@ class TagSummary:
     clip_precision: float | None = None  # share of clip tags the text tags confirm (at the threshold)
     clip_recall: float | None = None  # share of confirmed candidates kept
     concepts: int = 0  # concepts in the workspace graph
+    shards_read: int = 0  # shards whose captions were read for mining (the rest: kept summaries)
+    shards_tagged: int = 0  # shards whose text tags were written (the rest were still right)
+    shards_searched: int = 0  # shards whose images were searched for zero-shot candidates
     seconds: float = 0.0
 
 
@@ -96,12 +103,17 @@ def tag_workspace(
     """Tag every usable sample's caption (and OCR text) with concepts; write ``tags`` and the graph.
 
     Passes over the captions, so the result depends only on the data and the configs:
-    ``mine_terms`` counts caption words WordNet lacks; ``attach_terms`` attaches the frequent ones
-    to the graph (by text-embedding similarity when the workspace has embeddings from
-    ``config.embedder``, else by co-occurrence); ``tag_shards`` tags every shard with the grown
-    graph. With embeddings, images then get CLIP zero-shot tags over the concepts the text tags use
-    (``engine.graph.zero_shot``). Last, ``engine.graph.concept_graph.write_workspace_graph`` writes
-    the workspace's concept tables, pruned again with PageRank weighted by the observed counts.
+    ``summarise_shards`` reads each shard's captions once (caption words WordNet lacks, with the
+    concepts beside them); ``mine_terms`` counts those words and ``attach_terms`` attaches the
+    frequent ones to the graph (by text-embedding similarity when the workspace has embeddings
+    from ``config.embedder``, else by co-occurrence); ``tag_shards`` tags every shard with the
+    grown graph. With embeddings, images then get CLIP zero-shot tags over the concepts the text
+    tags use (``engine.graph.zero_shot``). Last, ``engine.graph.concept_graph.write_workspace_graph``
+    writes the workspace's concept tables, pruned again with PageRank weighted by the observed counts.
+
+    On a workspace tagged before, each pass redoes only the shards whose result can differ
+    (``engine.graph.tag_state``): a grown workspace is summarised and tagged for its new shards,
+    and old ones only where a newly mined term appears or the zero-shot labels changed.
     """
     started = time.perf_counter()
     graph_config = graph_config or GraphConfig()
@@ -109,32 +121,55 @@ def tag_workspace(
     graph = load_graph()
     matcher = build_matcher(graph, set(prune_graph(graph, graph_config).kept))
     shards = ws.list_shards("samples")
+    tag_state.forget_shards(ws, set(shards))
     show = sys.stderr.isatty() if progress is None else progress
     summary = TagSummary()
-    terms, fold = mine_terms(ws, shards, matcher, config, show)
+    settings = tag_state.digest([tag_state.VERSION, asdict(graph_config), _data_stamp()])
+    summaries = summarise_shards(ws, shards, matcher, settings, summary, show)
+    signatures = [s for text_summary in summaries.values() for s in text_summary.signatures]
+    terms, fold = mine_terms(signatures, config)
     embedder, summary.clip_skipped = load_clip_embedder(ws, config.embedder) if config.clip else (None, "off")
-    if terms:
-        attach_terms(ws, graph, matcher, shards, terms, fold, embedder, config, summary)
-    vocabulary = tag_shards(ws, shards, matcher, summary, show)
-    if embedder is not None:
-        clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
+    attached = (
+        attach_terms(ws, graph, matcher, signatures, terms, fold, embedder, config, summary) if terms else []
+    )
+    mined = tag_state.matcher_terms(attached, fold)
+    matcher_hash = tag_state.digest([settings, mined])
+    tag_state.save_matcher(ws, matcher_hash, mined)
+    vocabulary = tag_shards(ws, shards, matcher, summaries, (matcher_hash, mined, settings), summary, show)
+    clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
     summary.concepts = write_workspace_graph(ws, graph, graph_config)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def mine_terms(
-    ws, shards: list[str], matcher: ConceptMatcher, config: TagConfig, show: bool
-) -> tuple[dict[str, int], dict[str, str]]:
+def _data_stamp() -> list:
+    """Size and mtime of the base graph's data files: a new graph release remakes every summary."""
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(DATA_DIR).glob("*.parquet"))
+
+
+def summarise_shards(
+    ws, shards: list[str], matcher: ConceptMatcher, settings: str, summary: TagSummary, show: bool
+) -> dict[str, tag_state.TextSummary]:
+    """Every shard's text summary: the kept one while its samples and OCR files are unchanged, else
+    read from the shard (with ``matcher`` the base matcher) and kept."""
+    lexicon = load_lexicon()
+    summaries = {}
+    for shard_id in tqdm(shards, desc="tag: mine", unit="shard", disable=not show):
+        key = f"{settings};{tag_state.input_stamp(ws, ('samples', 'ocr'), shard_id)}"
+        kept = tag_state.read_text_summary(ws, shard_id, key)
+        if kept is None:
+            _, captions, ocr = shard_texts(ws, shard_id)
+            kept = tag_state.summarise_texts(matcher, captions, ocr.values(), lexicon)
+            tag_state.write_text_summary(ws, shard_id, kept, key)
+            summary.shards_read += 1
+        summaries[shard_id] = kept
+    return summaries
+
+
+def mine_terms(signatures: list, config: TagConfig) -> tuple[dict[str, int], dict[str, str]]:
     """(the caption words WordNet lacks that enough samples use -> their sample counts, the plural
     spellings folded into each): the candidates for new concepts, most frequent first."""
-    lexicon = load_lexicon()
-    counts: dict[str, int] = {}
-    for shard_id in tqdm(shards, desc="tag: mine", unit="shard", disable=not show):
-        _, captions, _ = shard_texts(ws, shard_id)
-        for caption in captions:
-            for term in new_terms(matcher, caption, lexicon):
-                counts[term] = counts.get(term, 0) + 1
+    counts = term_counts(signatures)
     fold = fold_plural_terms(counts)
     folded: dict[str, int] = {}
     for term, n in counts.items():
@@ -146,16 +181,18 @@ def mine_terms(
 
 
 def attach_terms(
-    ws, graph, matcher: ConceptMatcher, shards, terms, fold, embedder, config: TagConfig, summary
-) -> None:
-    """Add the mined terms to the graph under their parents and teach the matcher their spellings."""
-    together = cooccurrence(ws, shards, matcher, terms, fold)
+    ws, graph, matcher: ConceptMatcher, signatures, terms, fold, embedder, config: TagConfig, summary
+) -> list[tuple[str, int, int, float]]:
+    """Add the mined terms to the graph under their parents and teach the matcher their spellings;
+    returns (term, concept id, parent, score) per term attached."""
+    together = cooccurrence(signatures, terms, fold)
     if embedder is not None:
         summary.attach_method = "embedding"
         attached = attach_by_embedding(ws, graph, terms, together, embedder, config)
     else:
         summary.attach_method = "cooccurrence"
         attached = attach_by_cooccurrence(terms, together, config)
+    added = []
     for term, parent, score in attached:
         concept_id = add_mined_concept(graph, term, parent, score, summary.attach_method)
         summary.mined.append(graph.nodes[concept_id]["synset"])
@@ -163,19 +200,43 @@ def attach_terms(
         for variant, base in fold.items():  # the plural spellings seen ("cliparts")
             if base == term and variant != term:
                 matcher.add_term(variant, concept_id)
+        added.append((term, concept_id, parent, score))
+    return added
 
 
-def tag_shards(ws, shards: list[str], matcher: ConceptMatcher, summary: TagSummary, show: bool) -> set[int]:
-    """Write each shard's caption and OCR tags; returns the concepts they use (the zero-shot labels)."""
+def tag_shards(
+    ws,
+    shards: list[str],
+    matcher: ConceptMatcher,
+    summaries: dict,
+    grown: tuple,
+    summary: TagSummary,
+    show: bool,
+) -> set[int]:
+    """Write each shard's caption and OCR tags (where the grown matcher can tag it differently from
+    the one its tags were written with); returns the concepts they use (the zero-shot labels).
+
+    ``grown`` is (the grown matcher's hash, its mined terms, the settings of the summaries)."""
+    matcher_hash, mined, settings = grown
     vocabulary: set[int] = set()
     for shard_id in tqdm(shards, desc="tag", unit="shard", disable=not show):
-        sample_ids, captions, ocr = shard_texts(ws, shard_id)
-        rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
-        ocr_ids = sorted(ocr)
-        rows += tag_texts(matcher, ocr_ids, [ocr[s] for s in ocr_ids], SOURCE_OCR)
-        ws.write_shard("tags", shard_id, tags_table(rows, schema.TAGS))
+        text_summary = summaries[shard_id]
+        has_tags = ws.has_shard("tags", shard_id)
+        if tag_state.needs_retag(ws, text_summary, matcher_hash, mined, has_tags):
+            sample_ids, captions, ocr = shard_texts(ws, shard_id)
+            rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
+            ocr_ids = sorted(ocr)
+            rows += tag_texts(matcher, ocr_ids, [ocr[s] for s in ocr_ids], SOURCE_OCR)
+            ws.write_shard("tags", shard_id, tags_table(rows, schema.TAGS))
+            summary.shards_tagged += 1
+        else:
+            rows = [r for r in ws.read_shard("tags", shard_id).to_pylist() if r["source"] != SOURCE_CLIP]
+        if text_summary.matcher != matcher_hash:  # the shard's text tags now stand for this matcher
+            text_summary.matcher = matcher_hash
+            key = f"{settings};{tag_state.input_stamp(ws, ('samples', 'ocr'), shard_id)}"
+            tag_state.write_text_summary(ws, shard_id, text_summary, key)
         vocabulary.update(r["concept_id"] for r in rows)
-        summary.samples += len(sample_ids)
+        summary.samples += text_summary.samples
         summary.tagged_samples += len({r["sample_id"] for r in rows})
         summary.tags += len(rows)
         for r in rows:

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.compute as pc
 
+from engine import schema
+from engine.graph.concept_index import calibrate_threshold
 from engine.graph.matching import SOURCE_CLIP, tags_table
 
 if TYPE_CHECKING:  # tagging imports this module: its config is only an annotation here
@@ -40,51 +42,81 @@ def load_clip_embedder(ws, embedder_spec: str | None) -> tuple[object | None, st
 
 
 def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summary) -> None:
-    """Zero-shot ``clip`` tags for every sample with an image vector (``engine.graph.concept_index``)."""
-    from engine import schema
-    from engine.graph.concept_graph import ancestor_distances
-    from engine.graph.concept_index import build_concept_index, calibrate_threshold
-    from engine.vectors.embedder import vectors
+    """Zero-shot ``clip`` tags for every sample with an image vector (``engine.graph.concept_index``),
+    added to the text tags; rewrites each tags shard whose rows changed (every shard's old clip
+    tags go when ``embedder`` is None).
 
-    index = build_concept_index(graph, vocabulary, embedder, ws)
-    ancestors = ancestor_distances(graph)
-    per_shard = {}
+    A shard's candidates are kept (``engine.graph.tag_state``) and searched again only when the
+    model, the label set or its vectors changed; the threshold is calibrated over all of them."""
+    from engine.graph.concept_graph import ancestor_distances
+
+    candidates = search_shards(ws, shards, vocabulary, graph, embedder, config, summary) if embedder else {}
+    ancestors = ancestor_distances(graph) if candidates else {}
     all_scores, all_confirmed = [], []
-    for shard_id in shards:
-        if not ws.has_shard("embeddings", shard_id):
-            continue
-        table = ws.read_shard("embeddings", shard_id).select(["sample_id", "image_vec"])
-        table = table.filter(pc.is_valid(table["image_vec"]))
-        if table.num_rows == 0:
-            continue
-        scores, ids = index.search(vectors(table["image_vec"]), config.clip_top_k)
+    for shard_id, shard_candidates in candidates.items():
         text_tags: dict[str, set[int]] = {}
-        for row in ws.read_shard("tags", shard_id).select(["sample_id", "concept_id"]).to_pylist():
+        for row in text_rows(ws, shard_id):
             text_tags.setdefault(row["sample_id"], set()).add(row["concept_id"])
         known = {s: set().union(*(ancestors.get(c, {c: 0}) for c in cs)) for s, cs in text_tags.items()}
-        candidates = []
-        for i, sample_id in enumerate(table["sample_id"].to_pylist()):
+        for sample_id, c, score in shard_candidates:
             mine, up = text_tags.get(sample_id, set()), known.get(sample_id, set())
-            for score, c in zip(scores[i].tolist(), ids[i].tolist(), strict=True):
-                if c < 0:
-                    continue
-                confirmed = c in up or not mine.isdisjoint(ancestors.get(c, {}))
-                candidates.append((sample_id, c, score))
-                all_scores.append(score)
-                all_confirmed.append(confirmed)
-        per_shard[shard_id] = candidates
+            all_scores.append(score)
+            all_confirmed.append(c in up or not mine.isdisjoint(ancestors.get(c, {})))
     threshold, precision, recall = calibrate_threshold(
         np.array(all_scores), np.array(all_confirmed, bool), config.clip_min_precision
     )
-    summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
-    for shard_id, candidates in per_shard.items():
+    if embedder is not None:
+        summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
+    for shard_id in shards:
+        current = ws.read_shard("tags", shard_id)
         rows = [
             {"sample_id": s, "concept_id": c, "source": SOURCE_CLIP, "score": score, "hits": 1, "span": None}
-            for s, c, score in candidates
+            for s, c, score in candidates.get(shard_id, [])
             if score >= threshold
         ]
+        tags = tags_table([r for r in current.to_pylist() if r["source"] != SOURCE_CLIP] + rows, schema.TAGS)
+        if not tags.equals(current):
+            ws.write_shard("tags", shard_id, tags)
         if rows:
-            existing = ws.read_shard("tags", shard_id).to_pylist()
-            ws.write_shard("tags", shard_id, tags_table(existing + rows, schema.TAGS))
             summary.tags += len(rows)
             summary.by_source[SOURCE_CLIP] = summary.by_source.get(SOURCE_CLIP, 0) + len(rows)
+
+
+def text_rows(ws, shard_id: str) -> list[dict]:
+    """A shard's caption and OCR tags (its clip tags left out)."""
+    table = ws.read_shard("tags", shard_id).select(["sample_id", "concept_id", "source"])
+    return [r for r in table.to_pylist() if r["source"] != SOURCE_CLIP]
+
+
+def search_shards(ws, shards, vocabulary, graph, embedder, config: TagConfig, summary) -> dict[str, list]:
+    """shard -> its zero-shot candidates (sample, concept, cosine): the ``clip_top_k`` nearest
+    labels of each image vector, kept or searched."""
+    from engine.graph import tag_state
+    from engine.graph.concept_index import build_concept_index
+    from engine.vectors.embedder import vectors
+
+    index = build_concept_index(graph, vocabulary, embedder, ws)
+    labels = tag_state.digest([embedder.model_id, config.clip_top_k, index.concept_ids.tolist()])
+    out = {}
+    for shard_id in shards:
+        if not ws.has_shard("embeddings", shard_id):
+            continue
+        key = f"{labels};{tag_state.input_stamp(ws, ('embeddings',), shard_id)}"
+        kept = tag_state.read_candidates(ws, shard_id, key)
+        if kept is None:
+            table = ws.read_shard("embeddings", shard_id).select(["sample_id", "image_vec"])
+            table = table.filter(pc.is_valid(table["image_vec"]))
+            kept = []
+            if table.num_rows:
+                scores, ids = index.search(vectors(table["image_vec"]), config.clip_top_k)
+                for i, sample_id in enumerate(table["sample_id"].to_pylist()):
+                    kept += [
+                        (sample_id, c, s)
+                        for s, c in zip(scores[i].tolist(), ids[i].tolist(), strict=True)
+                        if c >= 0
+                    ]
+            tag_state.write_candidates(ws, shard_id, kept, key)
+            summary.shards_searched += 1
+        if kept:
+            out[shard_id] = kept
+    return out

@@ -105,19 +105,23 @@ def test_openclipart_titles_and_keywords(matcher, graph):
 # --- a workspace of real captions ------------------------------------------------------------------
 
 
-def write_caption_workspace(root: str, captions: list[str], shard_size: int = 64) -> Workspace:
-    """A workspace whose samples are the given captions (no images: tagging reads captions only)."""
+def write_caption_workspace(
+    root: str, captions: list[str], shard_size: int = 64, source: str = "test"
+) -> Workspace:
+    """A workspace whose samples are the given captions (no images: tagging reads captions only);
+    another ``source`` adds shards of its own to the workspace."""
     ws = Workspace(root).create()
     for start in range(0, len(captions), shard_size):
-        shard_id = f"table-test-{start // shard_size:05d}"
+        shard_id = f"table-{source}-{start // shard_size:05d}"
         rows = []
         for i, caption in enumerate(captions[start : start + shard_size]):
-            sample_id = hashlib.blake2b(f"{start + i}:{caption}".encode(), digest_size=16).hexdigest()
+            key = f"{start + i}:{caption}" if source == "test" else f"{source}:{start + i}:{caption}"
+            sample_id = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
             rows.append(
                 {
                     "sample_id": sample_id,
                     "image_id": sample_id,
-                    "source": "test",
+                    "source": source,
                     "source_kind": "table",
                     "shard_id": shard_id,
                     "row_index": i,
@@ -286,6 +290,76 @@ def test_tagging_is_deterministic(tagged, tmp_path):
 
     first = files(ws.root)
     assert first == files(other.root) and len(first) > 3
+
+
+def tag_files(root: str) -> dict:
+    return {
+        p.relative_to(root): p.read_bytes()
+        for table in ("tags", "concepts", "concept_edges", "concept_ancestors")
+        for p in Path(root, table).glob("*.parquet")
+    }
+
+
+NOUNS = (
+    "apple",
+    "dog",
+    "cat",
+    "house",
+    "car",
+    "tree",
+    "bird",
+    "chair",
+    "lamp",
+    "book",
+    "cup",
+    "ball",
+    "fish",
+    "boat",
+    "hat",
+    "shoe",
+)
+
+
+def test_a_grown_workspace_is_tagged_again_only_where_it_changed(tmp_path):
+    clipart = openclipart_captions(180)
+    plain = [f"a {c} {n} on the {p}" for c in ("red", "green") for n in NOUNS for p in ("table", "grass")]
+    # "quibbleflux" is in 3 captions of the first source (too few to mine) and 3 of the second:
+    # once both are in, it becomes a concept, so the first source's shard holding it is tagged
+    # again; its first shard (plain words only) is not.
+    first = plain[:64] + clipart[:60] + ["a quibbleflux lamp on a desk"] * 3
+    second = clipart[60:] + ["a quibbleflux next to a cat"] * 3
+    ws = write_caption_workspace(str(tmp_path / "grown"), first)
+    tag_workspace(ws, progress=False)
+    assert not any("quibbleflux" in s for s in tag_workspace(ws, progress=False).mined)
+    again = tag_workspace(ws, progress=False)  # nothing changed: nothing is read or written
+    assert (again.shards_read, again.shards_tagged, again.shards_searched) == (0, 0, 0)
+    plain_tags = ws.shard_path("tags", "table-test-00000")
+    before = ws.fs.get_file_info(plain_tags).mtime_ns
+    write_caption_workspace(ws.root, second, source="second")
+    grown = tag_workspace(ws, progress=False)
+    assert "quibbleflux.x.01" in grown.mined
+    assert grown.shards_read == 2 and grown.shards_tagged == 2 + 1  # the new shards + the one with the term
+    assert ws.fs.get_file_info(plain_tags).mtime_ns == before
+    at_once = write_caption_workspace(str(tmp_path / "at_once"), first)
+    write_caption_workspace(at_once.root, second, source="second")
+    once = tag_workspace(at_once, progress=False)
+    assert tag_files(ws.root) == tag_files(at_once.root)
+    assert (grown.samples, grown.tags, grown.by_source, grown.mined) == (
+        once.samples,
+        once.tags,
+        once.by_source,
+        once.mined,
+    )
+
+    # the second source removed again: the term is no longer mined, and the result is again a run's
+    from pipelines.sources import drop_shards
+
+    drop_shards(ws, [s for s in ws.list_shards("samples") if "-second-" in s])
+    shrunk = tag_workspace(ws, progress=False)
+    assert "quibbleflux.x.01" not in shrunk.mined and shrunk.shards_read == 0
+    alone = write_caption_workspace(str(tmp_path / "alone"), first)
+    tag_workspace(alone, progress=False)
+    assert tag_files(ws.root) == tag_files(alone.root)
 
 
 def test_calibrated_threshold_reaches_the_target_precision():
