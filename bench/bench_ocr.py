@@ -293,7 +293,9 @@ def main() -> None:
     parser.add_argument(
         "--n", type=int, default=240, help="images in the generated set (>= 200 for the report)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    # seeds 0 and 1 made the sets restore_spaces was tuned on (engine/profiling/ocr_spaces.py): the
+    # held-out figure comes from another seed
+    parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--backends", default=",".join(OCR_BACKENDS))
     parser.add_argument(
         "--ray-backend", default=DEFAULT_BACKEND, help="backend for the Ray comparison ('' skips)"
@@ -315,6 +317,7 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "machine": platform.platform(),
         "n": len(items),
+        "seed": args.seed,
         "languages": {lang: sum(it["lang"] == lang for it in items) for lang in ("en", "zh")},
         "fonts": sorted({it["font"] for it in items}),
         "accuracy": [],
