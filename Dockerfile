@@ -37,6 +37,8 @@ RUN --mount=type=cache,target=/var/cache/pip pip install ".[all]"
 # RapidOCR's wheel ships the PP-OCRv4 ONNX models; --no-deps so that its opencv-python does not sit
 # beside paddlex's opencv-contrib-python (as scripts/setup.sh does).
 RUN --mount=type=cache,target=/var/cache/pip pip install --no-deps "rapidocr-onnxruntime==1.4.4"
+# The BRISQUE model files and NudeNet's ONNX detector, --no-deps for the same reason (setup.sh says more).
+RUN --mount=type=cache,target=/var/cache/pip pip install --no-deps "brisque==0.2.0" "nudenet==3.4.2"
 
 # --- run: the image -----------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm

@@ -99,7 +99,7 @@ def curate(
         str,
         typer.Option(
             help="Comma-separated stages after ingest and profile (which always run), e.g. "
-            "'ocr,embed'; 'all' runs every image stage, 'profile' none of them."
+            "'ocr,embed'; 'all' runs every image stage but the opt-in 'nudity', 'profile' none of them."
         ),
     ] = "all",
     model: ModelOption = None,
@@ -150,10 +150,10 @@ def stages_option(
     from engine.devices import DeviceError
     from engine.vectors.embedder import EmbedderError
     from engine.vectors.model_specs import describe_model
-    from pipelines.stages import IMAGE_STAGES, build_image_stages
+    from pipelines.stages import build_image_stages, default_stage_names
 
     names = [n.strip() for n in stages.split(",") if n.strip() and n.strip() != "profile"]
-    names = list(IMAGE_STAGES) if names == ["all"] else names
+    names = default_stage_names() if names == ["all"] else names
     try:
         if "embed" in names:
             describe_model(model)
@@ -189,13 +189,13 @@ def demo(
     from engine.profiling.source import load_source
     from engine.workspace import Workspace
     from pipelines.curate import run_curate
-    from pipelines.stages import IMAGE_STAGES, build_image_stages
+    from pipelines.stages import build_image_stages, default_stage_names
 
     try:
         src = load_source("openclipart")
     except SourceError as e:
         fail(str(e))
-    image_stages = build_image_stages(list(IMAGE_STAGES))  # the demo shows every stage
+    image_stages = build_image_stages(default_stage_names())  # the demo shows every default stage
     ws = Workspace(workspace)
     summary = run_curate(src, ws, limit=limit, num_cpus=num_cpus, image_stages=image_stages)
     print_summary(summary)

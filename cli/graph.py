@@ -69,6 +69,12 @@ def tag(
         f"shards: {summary.shards_read} read for mining, {summary.shards_tagged} tagged, "
         f"{summary.shards_searched} searched for zero-shot tags (the others were still right)"
     )
+    if summary.noise:
+        out.print(
+            f"noise: {len(summary.noise)} concepts left out of balancing by default "
+            f"({', '.join(summary.noise[:8])}{', ...' if len(summary.noise) > 8 else ''}); "
+            "see SELECT synset, noise FROM concepts WHERE noise IS NOT NULL"
+        )
     if summary.clip_skipped:
         out.print(f"clip zero-shot: not run ({summary.clip_skipped})")
     else:

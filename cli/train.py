@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cli.shared import WorkspaceOption, fail, out
+from cli.shared import WorkspaceOption, checked_device, fail, out
 from engine.s3dit.train_config import TrainConfig
 from engine.workspace import Workspace
 
@@ -88,6 +88,17 @@ def check_options(options: dict) -> None:
     positive = ("steps", "batch_size", "feedback_every", "checkpoint_every")
     if min(options[k] for k in positive) < 1 or options["warmup"] < 0 or options["lr"] <= 0:
         fail("--steps, --batch-size, --feedback-every, --checkpoint-every and --lr must be positive")
+    checked_device(options["device"])
+
+
+def run_threads(threads: int | None) -> int:
+    """``--threads``, else the CPUs this process may use (engine.s3dit.runtime), or one line and exit 2."""
+    from engine.s3dit.runtime import default_threads
+
+    try:
+        return default_threads(threads)
+    except ValueError as e:
+        fail(str(e))
 
 
 def print_summary(summary: dict, feedback_dir: str) -> None:
@@ -99,6 +110,12 @@ def print_summary(summary: dict, feedback_dir: str) -> None:
         )
     if summary["skipped"]:
         out.print(f"skipped {len(summary['skipped'])} draws whose image could not be read")
+    if summary.get("validation"):
+        v = summary["validation"][-1]
+        out.print(
+            f"validation at step {v['step']}: loss {v['val_loss']:.4f}, with a wrong caption "
+            f"{v['val_loss_wrong_caption']:.4f}, caption gap {v['val_gap']:+.4f} (val.csv)"
+        )
     out.print(f"checkpoint: {summary['checkpoint']}")
     out.print(f"feedback:   {len(summary['feedback'])} reports in {feedback_dir}")
     for path in summary["refreshed"]:
@@ -107,7 +124,7 @@ def print_summary(summary: dict, feedback_dir: str) -> None:
 
 @app.command(
     epilog="Example: zcurate train --workspace ./ws --stages lowres --manifest lowres.parquet "
-    "--preset S3DiT-T/4 --steps 300 --batch-size 16"
+    "--preset S3DiT-T/4 --resolution 64 --steps 300 --batch-size 16"
 )
 @with_options(config_options(TrainConfig, OWN_FORMS))
 def train(
@@ -139,9 +156,11 @@ def train(
     if not ws.is_local:
         fail("training writes checkpoints with torch.save: use a local workspace directory")
     manifests = _stage_manifests(ws, stage_list, manifest or [])
+    options["threads"] = run_threads(options["threads"])
     cfg = TrainConfig(workspace=ws.root, stages=stage_list, manifests=manifests, **options)
     try:
-        summary = main(cfg)
+        cfg.check()
+        summary = main(cfg, on_plan=lambda plan: [out.print(line) for line in plan.lines()])
     except (ManifestError, ValueError, OSError) as e:
         fail(str(e).splitlines()[0])
     print_summary(summary, ws.path(ws.feedback))
@@ -161,25 +180,36 @@ def sample(
     per_prompt: Annotated[int, typer.Option(help="Images per prompt (a grid row each).")] = 4,
     height: Annotated[int | None, typer.Option(help="Image height (default: the training bucket).")] = None,
     width: Annotated[int | None, typer.Option(help="Image width (default: the training bucket).")] = None,
+    resolution: Annotated[
+        int | None,
+        typer.Option(help="Scale the image so its longer side is this many pixels (as zcurate train's)."),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    threads: Annotated[
+        int | None, typer.Option(help="Torch intra-op threads (default: the CPUs this process may use).")
+    ] = None,
     raw: Annotated[bool, typer.Option(help="Use the raw weights instead of the EMA.")] = False,
 ) -> None:
     """Generate images from a trained checkpoint: one grid row per prompt."""
     from engine.s3dit.data import to_image
+    from engine.s3dit.resolution import scale_size
+    from engine.s3dit.runtime import TorchThreads
     from engine.s3dit.sample import load_for_sampling, sample_images
-    from engine.s3dit.train import pick_device
 
     if not checkpoint.is_file():
         fail(f"checkpoint {checkpoint} does not exist")
-    if steps < 1 or per_prompt < 1:
-        fail("--steps and --per-prompt must be positive")
-    loaded = load_for_sampling(str(checkpoint), str(pick_device(device)), use_ema=not raw)
-    h, w = height or loaded["image_size"][0], width or loaded["image_size"][1]
-    multiple = loaded["latents"].factor * loaded["model"].config.patch_size
-    if h % multiple or w % multiple:
-        fail(f"--height and --width must be multiples of {multiple}")
-    prompts = [p for p in prompt for _ in range(per_prompt)]
-    images = sample_images(loaded, prompts, steps, cfg, seed, h, w)  # (N, 3, H, W)
+    if steps < 1 or per_prompt < 1 or (resolution is not None and resolution < 1):
+        fail("--steps, --per-prompt and --resolution must be positive")
+    with TorchThreads(run_threads(threads)):
+        loaded = load_for_sampling(str(checkpoint), checked_device(device), use_ema=not raw)
+        h, w = height or loaded["image_size"][0], width or loaded["image_size"][1]
+        multiple = loaded["latents"].factor * loaded["model"].config.patch_size
+        if resolution is not None:
+            h, w = scale_size(h, w, resolution, multiple)
+        if h % multiple or w % multiple:
+            fail(f"--height and --width must be multiples of {multiple}")
+        prompts = [p for p in prompt for _ in range(per_prompt)]
+        images = sample_images(loaded, prompts, steps, cfg, seed, h, w)  # (N, 3, H, W)
     grid = (
         images.reshape(len(prompt), per_prompt, 3, h, w)
         .permute(2, 0, 3, 1, 4)

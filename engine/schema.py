@@ -145,6 +145,7 @@ CONCEPTS = pa.schema(
         ("source", pa.string()),  # wordnet | caption (mined from this workspace's captions)
         ("lexname", pa.string()),  # WordNet lexicographer file, e.g. noun.animal
         ("pagerank", pa.float32()),  # N * PageRank, co-occurrence weighted (1.0 = uniform)
+        ("noise", pa.string()),  # why it is corpus noise (engine.graph.noise), null for content
     ]
 )
 
@@ -285,6 +286,32 @@ OCR = pa.schema(
 
 TABLES["ocr"] = OCR
 SIGNAL_COLUMNS["ocr"] = tuple(OCR.names[2:])
+
+# --- quality and nudity: no-reference quality scores and a second NSFW opinion (image stages) -------
+# (engine/profiling/quality.py, engine/profiling/nudity.py). Tables of their own, so a workspace
+# curated before them gets them by backfill (pipelines/backfill.py) and reads nulls until then.
+
+QUALITY = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_id", pa.string()),
+        ("brisque", pa.float32()),  # BRISQUE (LIVE-trained SVR), lower is better (~0-100); null: undefined
+        ("piqe", pa.float32()),  # PIQE (MATLAB's piqe), lower is better (0-100; 100 = flat); null: undefined
+    ]
+)
+
+NUDITY = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_id", pa.string()),
+        ("nsfw_nudenet", pa.float32()),  # NudeNet's top explicit-class detection score in [0, 1], 0: none
+    ]
+)
+
+TABLES["quality"] = QUALITY
+TABLES["nudity"] = NUDITY
+SIGNAL_COLUMNS["quality"] = ("brisque", "piqe")
+SIGNAL_COLUMNS["nudity"] = ("nsfw_nudenet",)
 
 
 def signals_view() -> pa.Schema:

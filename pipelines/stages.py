@@ -198,6 +198,63 @@ class SafetyStage:
         return nsfw_batch(self._model, batch)
 
 
+@dataclass
+class QualityStage:
+    """Usable samples -> ``quality``: BRISQUE and PIQE, lower is better (engine.profiling.quality)."""
+
+    name: str = "quality"
+    table: str = "quality"
+    num_cpus: float = 1
+    num_gpus: float = 0
+    reads: tuple[str, ...] = ("sample_id", "image_id", "pixels")
+    writes: tuple[str, ...] = schema.SIGNAL_COLUMNS["quality"]
+    schema: pa.Schema = schema.QUALITY  # after reads/writes: below, `schema` is this field
+    required: bool = False
+
+    def setup(self) -> None:
+        from engine.profiling.quality import load_brisque_model
+
+        load_brisque_model()  # a missing model fails the actor here, not as nulls on every image
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from engine.profiling.quality import quality_batch
+
+        return quality_batch(batch)
+
+
+@dataclass
+class NudityStage:
+    """Usable samples -> ``nudity``: NudeNet's explicit-class score, once per image
+    (engine.profiling.nudity), a second opinion beside the safety stage's open_nsfw."""
+
+    device: str = "cpu"  # auto | cpu | cuda | cuda:N (engine.devices)
+    gpus_per_actor: float | None = None
+    name: str = "nudity"
+    table: str = "nudity"
+    num_cpus: float = 1
+    num_gpus: float = 0
+    reads: tuple[str, ...] = ("sample_id", "image_id", "pixels")
+    writes: tuple[str, ...] = schema.SIGNAL_COLUMNS["nudity"]
+    schema: pa.Schema = schema.NUDITY  # after reads/writes: below, `schema` is this field
+    required: bool = False
+    _model: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.device = resolve_device(self.device)
+        self.num_gpus = stage_gpus(self.device, self.gpus_per_actor)
+
+    def setup(self) -> None:
+        from engine.profiling.nudity import load_nudity_model
+
+        # one actor per CPU: one thread each
+        self._model = load_nudity_model(threads=1, device=actor_device(self.device))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from engine.profiling.nudity import nudity_batch
+
+        return nudity_batch(self._model, batch)
+
+
 def prepare_stages(ws, stages) -> None:
     """Call each stage's optional ``prepare(ws)`` in the driver, before the stages go to actors."""
     for stage in stages:
@@ -207,8 +264,22 @@ def prepare_stages(ws, stages) -> None:
 
 
 # name -> class; constructing a class with no arguments gives the embedded default. 'all' runs
-# them in this order, after profile.
-IMAGE_STAGES: dict[str, type] = {"ocr": OcrStage, "embed": EmbedStage, "safety": SafetyStage}
+# them in this order, after profile (but OPT_IN_STAGES).
+IMAGE_STAGES: dict[str, type] = {
+    "ocr": OcrStage,
+    "embed": EmbedStage,
+    "safety": SafetyStage,
+    "quality": QualityStage,
+    "nudity": NudityStage,
+}
+# Stages 'all' leaves out, run only when named: NudeNet's wheel carries the AGPL-3.0 in its LICENSE
+# file (its metadata says MIT), so a user opts in knowingly (docs/engines/profiling.md).
+OPT_IN_STAGES = frozenset({"nudity"})
+
+
+def default_stage_names() -> list[str]:
+    """The stages 'all' runs: every registered image stage but the opt-in ones, in order."""
+    return [name for name in IMAGE_STAGES if name not in OPT_IN_STAGES]
 
 
 def build_image_stages(
@@ -224,5 +295,6 @@ def build_image_stages(
         "ocr": lambda: OcrStage(OcrConfig.from_env(device=device)),
         "embed": lambda: EmbedStage(model=model, device=device, gpus_per_actor=gpus_per_actor),
         "safety": lambda: SafetyStage(device=device, gpus_per_actor=gpus_per_actor),
+        "nudity": lambda: NudityStage(device=device, gpus_per_actor=gpus_per_actor),
     }
     return [built.get(name, IMAGE_STAGES[name])() for name in names]  # a stage registered by a user too

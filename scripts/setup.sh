@@ -65,6 +65,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ ! -x .venv/bin/zcurate ]; t
   # RapidOCR's wheel ships the PP-OCRv4 ONNX models; --no-deps so that its opencv-python does not
   # sit beside paddlex's opencv-contrib-python (its other dependencies are in pyproject's [all]).
   .venv/bin/python -m pip install -q --no-deps "rapidocr-onnxruntime==1.4.4"
+  # The quality and nudity stages' models ship in these wheels, also --no-deps (pyproject's [all] says
+  # why): brisque 0.2.0 (Apache-2.0) for BRISQUE's SVR files only, nudenet 3.4.2 (AGPL-3.0 per its
+  # LICENSE file) for its ONNX detector; engine/profiling/{quality,nudity}.py check their sha256.
+  .venv/bin/python -m pip install -q --no-deps "brisque==0.2.0" "nudenet==3.4.2"
   # img2dataset (tests/engine/profiling/test_user_formats.py runs it over file:// URLs), also --no-deps:
   # it and albumentations/albucore ask for opencv-python-headless (paddlex's opencv provides cv2), and
   # wandb for its telemetry stack (img2dataset only imports it). The rest of what it imports is in

@@ -13,7 +13,7 @@ import shutil
 from engine.profiling.source import load_source
 from engine.workspace import Workspace
 from pipelines.curate import run_curate
-from pipelines.stages import IMAGE_STAGES, build_image_stages
+from pipelines.stages import build_image_stages, default_stage_names
 
 CURATED_LIMIT = 160  # enough for tens of tagged concepts and a few near-duplicate communities
 CURATED_SHARD_SIZE = 80
@@ -28,7 +28,7 @@ def curate_small_workspace(root: str, limit: int = CURATED_LIMIT) -> Workspace:
         shard_size=CURATED_SHARD_SIZE,
         num_cpus=2,
         progress=False,
-        image_stages=build_image_stages(list(IMAGE_STAGES)),
+        image_stages=build_image_stages(default_stage_names()),
     )
     return ws
 

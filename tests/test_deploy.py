@@ -46,7 +46,7 @@ DEV_ONLY_APT = {
 # Shared libraries the wheels link against that python:3.11-slim lacks (a developer machine has them
 # from other packages, so setup.sh does not list them): OpenCV's cv2 and paddlepaddle's OpenMP.
 IMAGE_ONLY_APT = {"libgl1", "libglib2.0-0", "libgomp1"}
-PINNED = ("torch", "torchvision", "rapidocr-onnxruntime")  # installed with exact versions in both
+PINNED = ("torch", "torchvision", "rapidocr-onnxruntime", "brisque", "nudenet")  # exact versions in both
 
 
 # --- running Compose ------------------------------------------------------------------------------

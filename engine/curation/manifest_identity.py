@@ -33,6 +33,8 @@ INPUT_TABLES = (
     "embeddings",
     "safety",
     "ocr",
+    "quality",
+    "nudity",
     "dedup",
     "tags",
     "concepts",

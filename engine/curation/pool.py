@@ -170,13 +170,41 @@ def _same_as_previous(ids: pa.Array) -> np.ndarray:
     return np.asarray(equal.to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def stopped_concepts(ws: Workspace, cfg) -> list[int]:
+    """Concept ids the recipe's ``[concepts]`` leaves out: marked as noise by tagging (unless
+    ``noise = "keep"`` or listed in ``keep``) and listed in ``stop``. A listed synset the workspace's
+    graph lacks is a RecipeError naming it."""
+    from engine.curation.recipe import RecipeError
+
+    if not ws.list_shards("concepts"):
+        return []
+    table = ws.read_shard("concepts", schema.GRAPH_SHARD)  # a workspace tagged before has no noise column
+    concepts = table.select(
+        [n for n in ("concept_id", "synset", "noise") if n in table.column_names]
+    ).to_pylist()
+    by_synset = {c["synset"]: c["concept_id"] for c in concepts}
+    for key in ("keep", "stop"):
+        unknown = [s for s in getattr(cfg, key) if s not in by_synset]
+        if unknown:
+            raise RecipeError(f"concepts.{key}: unknown concept {unknown[0]!r} (see 'zcurate graph show')")
+    keep = set(cfg.keep)
+    stopped = {by_synset[s] for s in cfg.stop}
+    if cfg.noise == "stop":
+        stopped |= {c["concept_id"] for c in concepts if c.get("noise") and c["synset"] not in keep}
+    return sorted(stopped)
+
+
 def pool_concepts(ws: Workspace, recipe: Recipe, index: PoolIndex) -> ConceptSets:
-    """The pool's concepts: tags of the recipe's sources with score >= min_score, optionally
-    mapped to their ancestors at ``concepts.depth`` (a shallower concept stays itself)."""
+    """The pool's concepts: tags of the recipe's sources with score >= min_score, but the stopped
+    concepts (``stopped_concepts``), optionally mapped to their ancestors at ``concepts.depth``
+    (a shallower concept stays itself)."""
     cfg = recipe.concepts
     chosen = pc.field("score") >= cfg.min_score
     if set(cfg.sources) != set(schema.TAG_SOURCES):
         chosen &= pc.field("source").isin(list(cfg.sources))
+    stopped = stopped_concepts(ws, cfg)
+    if stopped:
+        chosen &= ~pc.field("concept_id").isin(stopped)
     tags = ws.read_table("tags", ["sample_id", "concept_id"], chosen)  # filtered while scanning
     if cfg.depth > 0 and tags.num_rows:
         concepts = ws.read_table("concepts", ["concept_id", "depth"])

@@ -171,6 +171,16 @@ class Concepts(_Table):
     sources: Annotated[tuple[TagSource, ...], Field(min_length=1)] = tuple(sorted(TAG_SOURCES))
     min_score: Fraction = 0.0
     depth: Annotated[StrictInt, Field(ge=0, le=64)] = 0  # WordNet nouns are at most ~20 deep
+    # Concepts the tagging step marked as corpus noise (the concepts table's noise column,
+    # engine.graph.noise): "stop" leaves them out of a sample's concepts, "keep" counts them.
+    noise: Literal["stop", "keep"] = "stop"
+    keep: tuple[StrictStr, ...] = ()  # synsets counted even when marked as noise
+    stop: tuple[StrictStr, ...] = ()  # synsets never counted (a list of your own)
+
+    @field_validator("keep", "stop")
+    @classmethod
+    def _as_set(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(value)))
 
     @field_validator("sources")
     @classmethod

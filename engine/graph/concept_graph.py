@@ -305,7 +305,7 @@ def load_workspace_graph(ws) -> nx.DiGraph:
     edges = ws.read_table("concept_edges").to_pylist()
     for row in mined:
         concept_id = row.pop("concept_id")
-        graph.add_node(concept_id, **{k: v for k, v in row.items() if k != "pagerank"}, freq=0)
+        graph.add_node(concept_id, **{k: v for k, v in row.items() if k not in ("pagerank", "noise")}, freq=0)
         graph.graph["by_synset"][row["synset"]] = concept_id
     mined_ids = {graph.graph["by_synset"][row["synset"]] for row in mined}
     for edge in edges:
@@ -314,8 +314,11 @@ def load_workspace_graph(ws) -> nx.DiGraph:
     return graph
 
 
-def write_workspace_graph(ws, graph: nx.DiGraph, config: GraphConfig | None = None) -> int:
-    """Prune ``graph`` with the workspace's tag counts and write its concept tables.
+def write_workspace_graph(
+    ws, graph: nx.DiGraph, config: GraphConfig | None = None, noise: dict[int, str] | None = None
+) -> int:
+    """Prune ``graph`` with the workspace's tag counts and write its concept tables (``noise``:
+    concept id -> why it is corpus noise, ``engine.graph.noise``).
 
     Writes ``concepts``, ``concept_edges`` and ``concept_ancestors`` (one file each) for the
     concepts kept; PageRank is weighted by the rolled-up counts of the ``tags`` table. Returns
@@ -346,6 +349,7 @@ def write_workspace_graph(ws, graph: nx.DiGraph, config: GraphConfig | None = No
             "source": [a.get("source") or "wordnet" for a in attrs],
             "lexname": [a.get("lexname") for a in attrs],
             "pagerank": [pruned.pagerank.get(n, 0.0) for n in nodes],
+            "noise": pa.array([(noise or {}).get(n) for n in nodes], pa.string()),
         }
     )
     edges = sorted((p, c, kind) for p, c, kind in graph.edges(data="kind") if p in kept and c in kept)

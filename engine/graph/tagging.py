@@ -42,6 +42,7 @@ from engine.graph.mining import (
     shard_texts,
     term_counts,
 )
+from engine.graph.noise import detect_noise
 from engine.graph.zero_shot import clip_tags, load_clip_embedder
 
 
@@ -88,6 +89,7 @@ class TagSummary:
     clip_precision: float | None = None  # share of clip tags the text tags confirm (at the threshold)
     clip_recall: float | None = None  # share of confirmed candidates kept
     concepts: int = 0  # concepts in the workspace graph
+    noise: list[str] = field(default_factory=list)  # concepts marked as corpus noise (engine.graph.noise)
     shards_read: int = 0  # shards whose captions were read for mining (the rest: kept summaries)
     shards_tagged: int = 0  # shards whose text tags were written (the rest were still right)
     shards_searched: int = 0  # shards whose images were searched for zero-shot candidates
@@ -137,7 +139,9 @@ def tag_workspace(
     tag_state.save_matcher(ws, matcher_hash, mined)
     vocabulary = tag_shards(ws, shards, matcher, summaries, (matcher_hash, mined, settings), summary, show)
     clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
-    summary.concepts = write_workspace_graph(ws, graph, graph_config)
+    noise = detect_noise(ws, graph, shards, embedder)
+    summary.noise = sorted(graph.nodes[c]["synset"] for c in noise)
+    summary.concepts = write_workspace_graph(ws, graph, graph_config, noise)
     summary.seconds = time.perf_counter() - started
     return summary
 

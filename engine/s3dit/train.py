@@ -16,7 +16,6 @@ step), the sampler's state is in the checkpoint, and the data order does not dep
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import time
@@ -37,8 +36,13 @@ from engine.s3dit.conditioning import (
 )
 from engine.s3dit.data import ManifestLoader, read_manifest, refresh_weights, resolve_manifest
 from engine.s3dit.flow import RectifiedFlow
+from engine.s3dit.holdout import held_out_rows, training_rows
 from engine.s3dit.model import Condition, S3DiT, build_model
+from engine.s3dit.resolution import largest_bucket, scale_buckets
+from engine.s3dit.run_log import Logger
+from engine.s3dit.runtime import TorchThreads, pick_device
 from engine.s3dit.service import report_feedback
+from engine.s3dit.step_estimate import StepPlan, plan_step
 from engine.s3dit.train_config import TrainConfig
 from engine.s3dit.validation import ValidationSet, load_validation, validation_loss
 from engine.vectors.embedder import encode_captions
@@ -61,12 +65,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def update_ema(ema: S3DiT, model: S3DiT, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters(), strict=True):
         e.lerp_(p.detach(), 1 - decay)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def caption_features(encoder: TextEncoder, captions: list[str]) -> dict[str, torch.Tensor]:
@@ -95,49 +93,13 @@ def save_checkpoint(path: str, state: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-class Logger:
-    """One row per logged step to log.csv (or TensorBoard scalars)."""
-
-    FIELDS = ("step", "stage", "stage_step", "loss", "lr", "grad_norm", "samples_per_s", "skipped")
-
-    def __init__(self, cfg: TrainConfig):
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        self.tb = None
-        if cfg.log == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ValueError(
-                    "--log tensorboard needs the tensorboard package (pip install tensorboard)"
-                ) from e
-            self.tb = SummaryWriter(os.path.join(cfg.run_dir, "tensorboard"))
-        path = os.path.join(cfg.run_dir, "log.csv")
-        new = not os.path.exists(path)
-        self.file = open(path, "a", newline="")  # noqa: SIM115 - closed in close()
-        self.csv = csv.DictWriter(self.file, self.FIELDS)
-        if new:
-            self.csv.writeheader()
-
-    def write(self, row: dict) -> None:
-        self.csv.writerow(row)
-        self.file.flush()
-        if self.tb is not None:
-            for key in ("loss", "lr", "grad_norm", "samples_per_s"):
-                self.tb.add_scalar(f"{row['stage']}/{key}", row[key], row["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 # --- the run ----------------------------------------------------------------------------------------
 
 STEP_SEED_STRIDE = 1_000_003  # a prime past 1M steps: seed * stride + step differs for each (seed, step)
 
 
 def new_summary() -> dict:
-    return {"losses": {}, "feedback": [], "skipped": [], "refreshed": [], "validation": []}
+    return {"losses": {}, "feedback": [], "skipped": [], "refreshed": [], "validation": [], "plans": []}
 
 
 @dataclass
@@ -165,6 +127,11 @@ class Run:
     def stage(self) -> str:
         return self.cfg.stages[self.stage_index]
 
+    @property
+    def grid(self) -> int:
+        """Pixels per token side (latent factor x patch size): image sides are multiples of it."""
+        return self.latents.factor * self.model.config.patch_size
+
     def result(self, stopped: bool = False) -> dict:
         """What :func:`main` returns."""
         result = {**self.summary, "checkpoint": checkpoint_path(self.cfg, "latest.pt"), "step": self.step}
@@ -190,10 +157,9 @@ def check_manifests(cfg: TrainConfig) -> None:
     for stage in cfg.stages:
         if stage not in cfg.manifests:
             raise ManifestError(f"no manifest given for stage {stage!r}")
+    cfg.check()
     for stage in cfg.stages:
         read_manifest(resolve_manifest(cfg.manifests[stage]))
-    if cfg.val_manifest and (cfg.val_every < 1 or cfg.val_timesteps < 1):
-        raise ValueError("--val-every and --val-timesteps must be at least 1")
 
 
 def setup_torch(cfg: TrainConfig) -> torch.device:
@@ -220,7 +186,7 @@ def build_run(
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     flow = RectifiedFlow(model, encoder.encode([""])[0], cfg.cap_dropout, patch_size=model.config.patch_size)
-    return Run(cfg, ws, device, encoder, latents, model, ema, opt, flow, Logger(cfg))
+    return Run(cfg, ws, device, encoder, latents, model, ema, opt, flow, Logger(cfg.run_dir, cfg.log))
 
 
 def resume_run(run: Run) -> dict | None:
@@ -247,7 +213,7 @@ def load_stage_data(run: Run, resumed: dict | None) -> StageData:
     cfg = run.cfg
     files = resumed["manifest_files"] if resumed else None
     base, current = files or (resolve_manifest(cfg.manifests[run.stage]),) * 2
-    table = read_manifest(base)
+    table = scale_buckets(training_rows(read_manifest(base), cfg.val_fraction), cfg.resolution, run.grid)
     loader = ManifestLoader(table, cfg.batch_size, cfg.seed + run.stage_index, cfg.epoch_size, cfg.repeat_cap)
     features = caption_features(run.encoder, [c or "" for c in table["caption"].to_pylist()])
     if resumed and resumed["sampler"] is not None:
@@ -336,22 +302,45 @@ def log_step(run: Run, row: dict, on_step: Callable[[dict], None] | None, bar) -
         bar.set_postfix(loss=f"{row['loss']:.4f}")
 
 
-VAL_FIELDS = ("step", "stage", "stage_step", "val_loss", "val_loss_wrong_caption", "val_gap")
+def load_validation_set(run: Run) -> ValidationSet | None:
+    """The run's fixed validation set: ``--val-manifest``, or the ``--val-fraction`` slice held out
+    of the stage manifests (engine.s3dit.holdout); buckets scaled to ``--resolution`` like training's."""
+    cfg = run.cfg
+    if cfg.val_manifest:
+        table = read_manifest(cfg.val_manifest)
+    elif cfg.val_fraction:
+        stages = [read_manifest(resolve_manifest(cfg.manifests[s])) for s in cfg.stages]
+        table = held_out_rows(stages, cfg.val_fraction)
+    else:
+        return None
+    table = scale_buckets(table, cfg.resolution, run.grid)
+    name = cfg.val_manifest or f"--val-fraction {cfg.val_fraction:g} of the stage manifests"
+    return load_validation(table, run.encoder, run.latents, cfg.val_timesteps, name)
 
 
 def log_validation(run: Run) -> dict:
     """Score the EMA weights (what sampling uses) on the validation set; a row to val.csv."""
     scores = validation_loss(run.ema, run.validation)
     row = {"step": run.step, "stage": run.stage, "stage_step": run.stage_step, **scores}
-    path = os.path.join(run.cfg.run_dir, "val.csv")
-    new = not os.path.exists(path)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, VAL_FIELDS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    run.logger.write_validation(row)
     run.summary["validation"].append(row)
     return row
+
+
+def plan_stage(run: Run, data: StageData) -> StepPlan:
+    """Before the stage's first step (of this process): tokens per image, the estimated seconds
+    per step from a timed warm-up, and on a CPU the flag that makes a slow step fast
+    (engine.s3dit.step_estimate; it changes nothing the run depends on)."""
+    lengths = sorted(f.shape[0] for f in data.features.values())
+    return plan_step(
+        run.model,
+        run.stage,
+        run.cfg.preset,
+        largest_bucket((r["bucket_h"], r["bucket_w"]) for r in data.loader.rows),
+        run.cfg.batch_size,
+        lengths[len(lengths) // 2],  # the median caption length
+        run.latents.factor,
+    )
 
 
 def train_stage(
@@ -399,38 +388,48 @@ def finish_stage(run: Run) -> None:
 # --- main -------------------------------------------------------------------------------------------
 
 
-def main(cfg: TrainConfig, on_step: Callable[[dict], None] | None = None, stop_at: int | None = None) -> dict:
+def main(
+    cfg: TrainConfig,
+    on_step: Callable[[dict], None] | None = None,
+    stop_at: int | None = None,
+    on_plan: Callable[[StepPlan], None] | None = None,
+) -> dict:
     """Train every stage of ``cfg``; resumes from the run's latest checkpoint when there is one.
 
     ``stop_at``: checkpoint and return after this global step (a time-limited job; the same call
-    without it resumes). ``on_step`` receives each logged row.
+    without it resumes). ``on_step`` receives each logged row, ``on_plan`` each stage's
+    :class:`~engine.s3dit.step_estimate.StepPlan` before its first step (tokens per image, the
+    estimated seconds per step, the flag that makes a slow CPU step fast).
 
     Returns a summary: final step, losses per stage, checkpoint, feedback and followed manifest
-    paths, skipped draws; ``stopped`` when it stopped at ``stop_at``.
+    paths, skipped draws, validation scores, step plans; ``stopped`` when it stopped at ``stop_at``.
     """
     # --- setup ------------------------------------------------------------------------------------
     check_manifests(cfg)
     ws = Workspace(cfg.workspace).create()
-    device = setup_torch(cfg)
-    encoder = load_text_encoder(cfg, "cpu")
-    latents = load_latents(cfg.vae, str(device))
-    # --- model / EMA (from the latest checkpoint when there is one) ------------------------------------
-    run = build_run(cfg, ws, device, encoder, latents)
-    if cfg.val_manifest:
-        run.validation = load_validation(cfg.val_manifest, encoder, latents, cfg.val_timesteps)
-    resumed = resume_run(run)
-    try:
-        while run.stage_index < len(cfg.stages):
-            # --- data (from a manifest only) ------------------------------------------------------------
-            data = load_stage_data(run, resumed)
-            resumed = None
-            # --- loop -------------------------------------------------------------------------------------
-            if not train_stage(run, data, on_step, stop_at):
-                return run.result(stopped=True)
-            # --- checkpoint (stage end) -------------------------------------------------------------------
-            finish_stage(run)
-            if run.step == stop_at and run.stage_index < len(cfg.stages):
-                return run.result(stopped=True)
-        return run.result()
-    finally:
-        run.logger.close()
+    with TorchThreads(cfg.threads):  # cfg.threads None: as the caller set torch (the CLI passes a number)
+        device = setup_torch(cfg)
+        encoder = load_text_encoder(cfg, "cpu")
+        latents = load_latents(cfg.vae, str(device))
+        # --- model / EMA (from the latest checkpoint when there is one) --------------------------------
+        run = build_run(cfg, ws, device, encoder, latents)
+        try:
+            run.validation = load_validation_set(run)
+            resumed = resume_run(run)
+            while run.stage_index < len(cfg.stages):
+                # --- data (from a manifest only) --------------------------------------------------------
+                data = load_stage_data(run, resumed)
+                resumed = None
+                run.summary["plans"].append(asdict(plan := plan_stage(run, data)))
+                if on_plan is not None:
+                    on_plan(plan)
+                # --- loop -----------------------------------------------------------------------------
+                if not train_stage(run, data, on_step, stop_at):
+                    return run.result(stopped=True)
+                # --- checkpoint (stage end) ---------------------------------------------------------------
+                finish_stage(run)
+                if run.step == stop_at and run.stage_index < len(cfg.stages):
+                    return run.result(stopped=True)
+            return run.result()
+        finally:
+            run.logger.close()

@@ -26,6 +26,11 @@ class TrainConfig:
     stages: list[str]  # in training order, e.g. ["lowres", "omni", "sft"]
     manifests: dict[str, str]  # stage -> manifest Parquet, or a folder of them: newest, followed
     preset: str = option("S3DiT-XS/2", "Model preset (S3DiT-T/4 ... S3DiT-6B/2).")
+    # None: the manifest's buckets as they are; Z-Image's first stage trains at a fraction of the
+    # final size, and a CPU run needs ~64 px to take seconds rather than tens of seconds a step
+    resolution: int | None = option(
+        None, "Train every bucket scaled so its longer side is this many pixels (aspect kept)."
+    )
     steps: int = option(1000, "Optimizer steps per stage.")
     batch_size: int = option(32, "Samples per step.")
     # small DiTs train stably at 1e-4..5e-4 with AdamW and warm-up
@@ -55,16 +60,38 @@ class TrainConfig:
     checkpoint_every: int = option(500, "Steps between checkpoints.")
     log: str = option("csv", "csv or tensorboard.")
     device: str = option("auto", "auto, cpu, cuda, cuda:1 ... (auto: cuda when available).")
+    # None in a TrainConfig: torch as the caller set it; zcurate train passes the CPUs the process
+    # may use (engine.s3dit.runtime; bench/bench_threads.py measures the choice)
+    threads: int | None = option(
+        None, "Torch intra-op threads (default: the CPUs this process may use, os.sched_getaffinity)."
+    )
     # None: on for CUDA (memory), off on CPU (speed)
     grad_checkpointing: bool | None = option(
         None, "Recompute activations in the backward pass (default: on for CUDA, off on CPU)."
     )
     # a fixed held-out set scored at fixed timesteps and noise (engine.s3dit.validation)
     val_manifest: str | None = option(None, "Validation manifest: held-out loss and caption gap in val.csv.")
+    # a slice of the stage manifests by sample_id hash (engine.s3dit.holdout), never trained on
+    val_fraction: float | None = option(
+        None, "Hold out this share of the stage manifests (by sample_id) as the validation set."
+    )
     val_every: int = option(100, "Steps between validation scores (and one before the first step).")
     val_timesteps: int = option(5, "Noise levels of the validation loss, evenly spaced.")
     run_name: str = option("s3dit", "Run folder: WS/train/RUN_NAME.")
     progress: bool = option(True, "Show a progress bar per stage.")
+
+    def check(self) -> None:
+        """The settings a run cannot start with, as one-line ValueErrors."""
+        if self.val_manifest and self.val_fraction:
+            raise ValueError("give --val-manifest or --val-fraction, not both")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be in [0, 1), not {self.val_fraction}")
+        if (self.val_manifest or self.val_fraction) and (self.val_every < 1 or self.val_timesteps < 1):
+            raise ValueError("--val-every and --val-timesteps must be at least 1")
+        if self.resolution is not None and self.resolution < 1:
+            raise ValueError(f"--resolution must be positive, not {self.resolution}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, not {self.threads}")
 
     @property
     def run_dir(self) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from engine.curation.manifest import ManifestError
@@ -69,17 +70,21 @@ def wrong_caption_order(captions: list[str]) -> list[int]:
 
 
 def load_validation(
-    location: str,
+    location: str | pa.Table,
     encoder: TextEncoder,
     latents: PixelLatents | VaeLatents,
     timesteps: int = DEFAULT_TIMESTEPS,
+    name: str | None = None,
 ) -> ValidationSet:
-    """Read a validation manifest (``schema.MANIFEST_REQUIRED`` columns; weights are ignored).
+    """Read a validation manifest (``schema.MANIFEST_REQUIRED`` columns; weights are ignored), or
+    take its rows as a table (``engine.s3dit.holdout.held_out_rows``; ``name`` says where from).
 
     Rows are taken in ``sample_id`` order, so the set and its noise do not depend on the file's
     row order. Raises ManifestError when the manifest is unreadable or no image can be read.
     """
-    table = read_manifest(location).sort_by("sample_id")
+    if isinstance(location, str):
+        name, location = name or location, read_manifest(location)
+    table = location.sort_by("sample_id")
     rows = table.select(["sample_id", "uri", "caption", "bucket_h", "bucket_w"]).to_pylist()
     images, kept, unreadable = [], [], []
     for row in rows:
@@ -91,7 +96,7 @@ def load_validation(
         except Reject:
             unreadable.append(row["sample_id"])
     if len(kept) < 2:
-        raise ManifestError(f"validation manifest {location!r}: fewer than two readable images")
+        raise ManifestError(f"validation set ({name}): fewer than two readable images")
     captions = [r["caption"] or "" for r in kept]
     wrong = wrong_caption_order(captions)
     distinct = sorted(set(captions))
