@@ -189,12 +189,14 @@ def dedup(
     workspace: WorkspaceOption,
     threshold: Annotated[
         float, typer.Option(help="Image cosine at or above which images are near-duplicates.")
-    ] = 0.90,
+    ] = 0.82,
     phash_distance: Annotated[
         int, typer.Option(help="pHash Hamming distance for exact duplicates; -1: off.")
-    ] = 4,
+    ] = 2,
     k: Annotated[int, typer.Option("-k", help="Neighbours per image in the k-NN graph.")] = 16,
-    method: Annotated[str, typer.Option(help="Community detection: louvain or leiden.")] = "louvain",
+    method: Annotated[
+        str, typer.Option(help="Communities: star (bounded diameter, no chaining), louvain or leiden.")
+    ] = "star",
     seed: Annotated[int, typer.Option(help="Seed of the community detection.")] = 0,
     device: DeviceOption = "auto",
 ) -> None:
@@ -205,8 +207,8 @@ def dedup(
     from engine.vectors.index import VectorIndexError
 
     ws = open_workspace(workspace)
-    if not -1 <= threshold <= 1 or method not in ("louvain", "leiden") or k < 1:
-        fail("--threshold must be in [-1, 1], --method louvain or leiden, -k positive")
+    if not -1 <= threshold <= 1 or method not in ("star", "louvain", "leiden") or k < 1:
+        fail("--threshold must be in [-1, 1], --method star, louvain or leiden, -k positive")
     config = DedupConfig(
         threshold=threshold,
         phash_distance=phash_distance,

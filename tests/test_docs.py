@@ -144,6 +144,7 @@ def ingest_rows() -> list[str]:
 # The OCR runs the page quotes: (label, results file, the commit whose copy of it to read; None: the
 # file as it is now).
 OCR_RUNS = (
+    ("`results-ocr-seed2.json`", "results-ocr-seed2.json", None),
     ("`results-ocr-1thread.json`", "results-ocr-1thread.json", None),
     ("`results-ocr-1thread-b0f0e5a.json`", "results-ocr-1thread-b0f0e5a.json", None),
     ("`results-ocr-1thread.json` at git `ada921a`", "results-ocr-1thread.json", "ada921a"),
@@ -209,6 +210,17 @@ def tagging_rows() -> list[str]:
             f"| {r['captions_per_s']:,.0f} | {r['speedup']:.2f}x | {ceiling} |"
         )
     return rows
+
+
+def tagging_unique_rows() -> list[str]:
+    r = results("results-tagging-unique.json")
+    return [
+        f"| `results-tagging-unique.json` (`{r['commit']}`) | {r['load_start'][0]:.1f} | {r['captions']:,} "
+        f"| {r['graph_load_s']:.1f} | {r['graph_prune_s']:.1f} | {r['matcher_build_s']:.1f} "
+        f"| {r['cold_captions_per_s']:,.0f} | {r['cold_parallel_captions_per_s']:,.0f} "
+        f"| {r['warm_captions_per_s']:,.0f} | {r['warm_parallel_captions_per_s']:,.0f} "
+        f"| {r['machine_ceiling']:.2f}x |"
+    ]
 
 
 def embed_rows() -> list[str]:
@@ -284,6 +296,19 @@ def dedup_rows() -> list[str]:
     ]
 
 
+def dedup_hard_negative_rows() -> list[str]:
+    """bench_dedup.py's hard-negative distribution at 100k (issue 21)."""
+    r = results("results-dedup-100k.json")
+    lo, hi = r["hard_negative_range"]
+    return [
+        f"| dedup of {r['n']:,} {r['dim']}-d vectors ({r['planted_clusters']:,} planted clusters, "
+        f"{r['hard_negatives']:,} hard negatives at cosine {lo:.2f}-{hi:.2f}), threshold "
+        f"{r['threshold']:.2f}, {r['method']} | result |",
+        f"| wall (train + add + k-NN graph + communities) | {r['dedup_wall_s']:.0f} s |",
+        f"| pair recall / precision | **{r['recall']:.3f} / {r['precision']:.3f}** |",
+    ]
+
+
 def search_rows() -> list[str]:
     r = results("results-search.json")
     rows = []
@@ -301,34 +326,82 @@ def search_rows() -> list[str]:
     return rows
 
 
-CALIBRATION_EDITS = {  # tests/neardup.py's edits, as the page names them
+CALIBRATION_EDITS = {  # tests/neardup.py's CRAWL_EDITS, as the page names them
     "resized": "resized to 1/2",
     "reencoded": "JPEG quality 30",
-    "cropped": "cropped 10% each side",
-    "flipped": "mirrored",
-    "recoloured": "hue rotated",
+    "crop10": "cropped 10% of each side's length",
+    "crop20": "cropped 20%",
+    "crop30": "cropped 30%",
+    "border": "solid coloured frame (8%)",
+    "letterbox": "letterboxed to 16:9",
     "watermarked": "diagonal text watermark",
+    "caption": "caption bar",
+    "flipped": "mirrored",
+    "jitter": "colour jitter",
 }
 
 
 def calibration_rows() -> list[str]:
-    r = results("results-dedup-calibration.json")
-    rows = []
-    for name, label in CALIBRATION_EDITS.items():
-        e = r["edits"][name]
-        c, s = e["cosine"], e["share_at_or_above"]
-        rows.append(
-            f"| {label} | {c['p05']:.3f} / {c['p50']:.3f} "
-            f"| {s['0.85']:.3f} | {s['0.9']:.3f} | {s['0.96']:.3f} | {e['share_within_d']['4']:.3f} |"
-        )
-    u = r["unrelated"]
-    share = u["images_with_a_pair_at_or_above"]
-    rows.append(
-        f"| **unrelated**: images (of {r['originals'] + r['distractors']:,}) with another at or above | "
-        f"| {share['0.85']:.3f} | {share['0.9']:.3f} | {share['0.96']:.3f} "
-        f"| {u['pairs_within_d']['4']:,} of {u['pairs']:,} pairs |"
-    )
+    """The calibration's chosen setting per edit, and the held-out evaluation beside imagehash."""
+    c = results("results-dedup-calibration.json")
+    e = results("results-neardup-eval.json")
+    chosen, louvain = c["calibration"]["chosen"], c["calibration"]["louvain_same_edges"]
+    m, b, photos = e["method"], e["imagehash_phash_le_4"], e["photos_only"]
+    rows = [
+        f"| {label} | {chosen['recall_per_edit'][name]:.3f} | {m['recall_per_edit'][name]:.3f} "
+        f"| {photos['recall_per_edit'][name]:.3f} | {b['recall_per_edit'][name]:.3f} |"
+        for name, label in CALIBRATION_EDITS.items()
+    ]
+    rows += [
+        f"| **recall, all copies** | **{chosen['recall']:.3f}** | **{m['recall']:.3f}** "
+        f"| {photos['recall']:.3f} | {b['recall']:.3f} |",
+        f"| **precision** (removed images) | **{chosen['precision']:.3f}** | **{m['precision']:.3f}** "
+        f"| {photos['precision']:.3f} | {b['precision']:.3f} |",
+        f"| pair precision | {chosen['pair_precision']:.3f} | {m['pair_precision']:.3f} "
+        f"| {photos['pair_precision']:.3f} | {b['pair_precision']:.3f} |",
+        f"| images (originals edited + distractors) | {c['images']:,} ({c['originals_edited']} + "
+        f"{c['distractors']}) | {e['images']:,} ({e['originals_edited']} + {e['distractors']}) | | |",
+        f"| Louvain on the calibration's edges (precision / recall) | "
+        f"{louvain['precision']:.3f} / {louvain['recall']:.3f} | | | |",
+    ]
+    for floor, top in c["calibration"]["best_recall_at_precision"].items():
+        if top:
+            rows.append(
+                f"| best recall at precision >= {floor} | {top['recall']:.3f} (cosine "
+                f"{top['threshold']:.2f}, d = {top['phash_distance']}) | | | |"
+            )
     return rows
+
+
+def vectors_dedup_figures() -> list[str]:
+    """The figures docs/engines/vectors.md ("Dedup") quotes, as it writes them (spacing aside)."""
+    c = results("results-dedup-calibration.json")
+    e = results("results-neardup-eval.json")
+    ch, m, b = c["calibration"]["chosen"], e["method"], e["imagehash_phash_le_4"]
+    at_95 = c["calibration"]["best_recall_at_precision"]["0.95"]
+    return [
+        f"cosine **{ch['threshold']:.2f}**, pHash **d = {ch['phash_distance']}**",
+        f"cosine **{ch['confirm_threshold']:.2f}** within **{ch['confirm_distance']}** bits",
+        f"diameter bound **{ch['min_cosine']:.2f}**",
+        f"precision **{ch['precision']:.3f}** and recall **{ch['recall']:.3f}** there",
+        f"precision **{m['precision']:.3f}** and recall **{m['recall']:.3f}**",
+        f"**{b['precision']:.3f}** / **{b['recall']:.3f}** for imagehash",
+        f"(the best was recall **{at_95['recall']:.3f}**)",
+    ]
+
+
+def test_the_vectors_page_quotes_the_dedup_results():
+    """docs/engines/vectors.md's dedup figures are the results files', and the library's defaults
+    are the calibration's choice."""
+    from engine.vectors.dedup import DedupConfig
+
+    page = (DOCS / "engines" / "vectors.md").read_text(encoding="utf-8")
+    section = " ".join(page[page.index("## Dedup") :].split())
+    missing = [f for f in vectors_dedup_figures() if " ".join(f.split()) not in section]
+    assert not missing, f"docs/engines/vectors.md, 'Dedup', differs from its results files: {missing}"
+    chosen = results("results-dedup-calibration.json")["calibration"]["chosen"]
+    knobs = ("threshold", "phash_distance", "confirm_threshold", "confirm_distance", "min_cosine")
+    assert {k: getattr(DedupConfig(), k) for k in knobs} == {k: chosen[k] for k in knobs}
 
 
 MANIFEST_BUILDS = {
@@ -400,6 +473,26 @@ def s3dit_rows() -> list[str]:
     return rows
 
 
+def threads_rows() -> list[str]:
+    """The trainer's thread benchmark: each setting's median step (fastest-slowest round) and ratios."""
+    r = results("results-threads-cpu.json")
+    m = r["meta"]
+    commit = m["commit"] + ("-dirty" if m["dirty"] else "")
+    rows = [
+        f"`results-threads-cpu.json` (`{commit}`): {m['cpu_count']} CPUs, {m['allowed_cpus']} allowed "
+        f"(the default: {m['threads']['default']} threads), load average {m['loadavg_before'][0]:.2f} "
+        f"before and {m['loadavg_after'][0]:.2f} after"
+    ]
+    for x in r["results"]:
+        cells = [f"{x['preset']}, {x['image']}x{x['image']} ({x['tokens']:,} tokens), {x['batch']}"]
+        for label in ("1", "2", "all", "default"):
+            rounds = x["rounds"][str(m["threads"][label])]
+            cells.append(f"{x['seconds'][label]:.2f} ({min(rounds):.2f}-{max(rounds):.2f})")
+        cells.append(f"{x['ratio_to_default']['1']:.2f}x")
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
 def scale_figures() -> list[str]:
     """The scale section's prose figures (its tables: tests/test_bench_scale.py)."""
     r = results("results-scale.json")
@@ -425,16 +518,17 @@ def scale_figures() -> list[str]:
 SECTIONS: dict[str, Callable[[], list[str]]] = {
     "Ingest and profiling: plain loop vs Ray": ingest_rows,
     "OCR: accuracy per backend, and the OCR stage on Ray": lambda: ocr_accuracy_rows() + ocr_stage_rows(),
-    "Concept graph build and caption tagging": tagging_rows,
+    "Concept graph build and caption tagging": lambda: tagging_unique_rows() + tagging_rows(),
     "Embedding stage": lambda: embed_rows() + embed_quiet_rows(),
     "The default embedder: held-out retrieval": embedder_rows,
-    "Vector index and dedup at 1M vectors": lambda: dedup_rows() + search_rows(),
+    "Vector index and dedup at 1M vectors": lambda: dedup_rows() + dedup_hard_negative_rows() + search_rows(),
     "Dedup calibration": calibration_rows,
     "Manifest builder": manifest_rows,
     "Explorer page": samples_page_rows,
     "REST service under 64 concurrent clients": api_rows,
     "Scale: 50,000 pairs end to end": scale_figures,
     "S3-DiT training step against diffusers": s3dit_rows,
+    "S3-DiT trainer: torch threads": threads_rows,
 }
 
 
@@ -486,6 +580,48 @@ def test_every_module_is_in_the_api_reference():
     assert sorted(modules - listed) == []
 
 
+# --- the quality scores' figures (docs/engines/profiling.md) ------------------------------------------
+
+PROFILING_PAGE = DOCS / "engines" / "profiling.md"
+QUALITY_DEGRADATIONS = {
+    "blur": "blur",
+    "jpeg": "JPEG q 10-20",
+    "noise": "noise",
+    "upscale": "4x upscale",
+    "all": "all",
+}
+
+
+def quality_lines() -> list[str]:
+    """The rows of the page's quality table and its timing sentence, from bench/results-quality.json."""
+    r = results("results-quality.json")
+    rows = []
+    for group, label in (("photo", "photos"), ("nonphoto", "non-photo")):
+        table = r["results"][group]
+        for key, name in QUALITY_DEGRADATIONS.items():
+            b, p = table["brisque"][key], table["piqe"][key]
+            rows.append(
+                f"| {label} | {name} | {b['n']} | {b['ranked']} ({b['fraction']:.2f}) "
+                f"| {p['ranked']} ({p['fraction']:.2f}) |"
+            )
+    t = r["timing_ms"]
+    rows.append(
+        f"Cost per image (`timing_ms`, one thread, {r['meta']['cpus']}-core machine, mean over the "
+        f"{t['brisque']['n']} originals): `brisque` {t['brisque']['mean']:.0f} ms, `piqe` "
+        f"{t['piqe']['mean']:.0f} ms, `nsfw_nudenet` {t['nsfw_nudenet']['mean']:.0f} ms."
+    )
+    return rows
+
+
+def test_the_quality_figures_are_their_results_file():
+    r = results("results-quality.json")
+    assert r["set"] == "eval" and len(r["originals"]["photo"]) == 19
+    page = PROFILING_PAGE.read_text(encoding="utf-8")
+    missing = [line for line in quality_lines() if line not in page]
+    differs = "docs/engines/profiling.md differs from results-quality.json; the file gives:\n"
+    assert not missing, differs + "\n".join(missing)
+
+
 # --- the pay-off page ---------------------------------------------------------------------------------
 
 PAYOFF_PAGE = DOCS / "payoff.md"
@@ -519,3 +655,58 @@ def test_payoff_figures_are_their_results_files(name):
     for figure in ("curves.png", "samples.png"):  # the defect table is on the page as text
         assert (figures / figure).is_file()
         assert f"assets/payoff/{r['config']['name']}/{figure}" in page
+
+
+# --- the trainer page: every example timed ------------------------------------------------------------
+
+TRAINER_PAGE = DOCS / "trainer.md"
+EXAMPLE_LIMIT_S = 660  # issue 23: no trainer example takes more than ~10 minutes on a CPU
+# Output lines of an example that the page quotes: those starting with these.
+QUOTED_OUTPUT = {
+    "quick_start_train": ("lowres: ", "validation at step "),
+    "full_size_estimate": ("lowres: ",),
+    "whole_loop": ("lowres: ", "omni: ", "sft: "),
+}
+
+
+def test_every_trainer_example_is_timed_beside_it():
+    """docs/trainer.md shows each command of bench/bench_trainer_examples.py with the duration its
+    results file measured (``# measured: ...`` after the command), the lines of output it quotes
+    are that run's, and every run stays under ~10 minutes (the quick start's two commands too)."""
+    from bench.bench_trainer_examples import EXAMPLES, duration
+
+    r = results("results-trainer-examples.json")
+    page = TRAINER_PAGE.read_text(encoding="utf-8")
+    assert list(r["examples"]) == list(EXAMPLES), "rerun bench/bench_trainer_examples.py: examples changed"
+    for name, command in EXAMPLES.items():
+        run = r["examples"][name]
+        assert run["command"] == command and run["exit_code"] == 0, name
+        assert f"{command}  # measured: {duration(run['wall_s'])}" in page, (
+            f"{name}: {duration(run['wall_s'])}"
+        )
+        assert run["wall_s"] <= EXAMPLE_LIMIT_S, name
+    load = r["meta"]["loadavg_before"][0], r["meta"]["loadavg_after"][0]
+    assert f"load average {load[0]:.2f} before the examples and {load[1]:.2f} after" in page
+    quick = r["examples"]["quick_start_train"]["wall_s"] + r["examples"]["quick_start_sample"]["wall_s"]
+    assert quick <= EXAMPLE_LIMIT_S
+    assert f"in {duration(quick)} on 2 CPU cores" in (ROOT / "README.md").read_text(encoding="utf-8")
+    for name, prefixes in QUOTED_OUTPUT.items():
+        lines = [line for line in r["examples"][name]["output"] if line.startswith(prefixes)]
+        assert lines and [line for line in lines if line not in page] == [], name
+
+
+def test_every_trainer_command_on_the_page_is_a_timed_example():
+    """A ``zcurate train`` or ``zcurate sample`` line in a code block of docs/trainer.md is part of
+    a timed example (a new example gets its measured duration with it)."""
+    from bench.bench_trainer_examples import EXAMPLES
+
+    page = TRAINER_PAGE.read_text(encoding="utf-8")
+    blocks = re.findall(r"^```bash\n(.*?)^```", page, flags=re.M | re.S)
+    commands = [
+        line.split("  # measured:")[0]
+        for block in blocks
+        for line in block.splitlines()
+        if line.startswith(("zcurate train", "zcurate sample"))
+    ]
+    timed = "\n".join(EXAMPLES.values())
+    assert commands and [c for c in commands if c not in timed] == []

@@ -3,20 +3,24 @@
 1. **Edges.** Semantic: every image vector searches the image index for its ``k`` nearest
    neighbours with exact cosines (an IVF-PQ index lends its cells, not its lossy codes: see
    ``_cell_join``; the index may be approximate, the threshold is not); a pair is kept when the
-   cosine is >= ``threshold``. Exact: pairs whose 64-bit pHash (``signals.phash``) differ in at most
+   cosine is >= ``threshold``, or >= ``confirm_threshold`` with pHashes within ``confirm_distance``
+   bits (``phash_pairs.confirmed``: the embedding for semantic edits, the hash to confirm a
+   lower cosine). Exact: pairs whose 64-bit pHash (``signals.phash``) differ in at most
    ``phash_distance`` bits, found by multi-index hashing (split the hash into d+1 blocks; two
    hashes within d bits agree on at least one block, so only same-block pairs are compared).
-2. **Communities.** The proximity graph is split into connected components (scipy, linear);
-   a component that is small or dense is one community; a larger sparse one (a chain of
-   similar-but-distinct images) is split with Louvain (networkx, seeded) or Leiden.
+2. **Communities.** The ``star`` rule of ``engine.vectors.communities`` (default): centres by
+   degree, members one edge from their centre and at cosine >= ``min_cosine`` from every other
+   member, so a community's diameter is bounded and unrelated images do not chain through
+   intermediates. ``louvain`` / ``leiden``: connected components, large sparse ones split by
+   modularity (the earlier rule).
 3. **Representatives.** One per community, by the quality rule of ``representative_order``.
 
 Result: table ``dedup`` (one row per usable sample): community_id (the representative's
 sample_id), is_representative, nearest_id / nearest_sim (its most similar other image, exact
 cosine). Keeping ``is_representative`` rows removes the duplicates; a recipe decides.
 
-The defaults come from ``scripts/calibrate_dedup.py`` on openclipart copies (docs/engines/vectors.md,
-"Dedup").
+The defaults come from ``scripts/calibrate_dedup.py`` on edited copies of icons and wallpapers the
+embedder never saw (bench/results-dedup-calibration.json; docs/engines/vectors.md, "Dedup").
 """
 
 from __future__ import annotations
@@ -29,9 +33,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
+from engine.vectors.communities import METHODS, modularity_communities, star_communities
 from engine.vectors.faiss_gpu import to_device
 from engine.vectors.index import (
     VectorIndex,
@@ -41,10 +44,9 @@ from engine.vectors.index import (
     vectors_from_column,
 )
 from engine.vectors.knn_graph import neighbour_lists
-from engine.vectors.phash_pairs import phash_pairs
+from engine.vectors.phash_pairs import confirmed, phash_pairs
 from engine.workspace import Workspace
 
-METHODS = ("louvain", "leiden")
 SEARCH_STEP = 1 << 14  # vectors per k-NN / add step: a 32 MiB float32 copy of 512-d vectors
 
 
@@ -52,20 +54,26 @@ SEARCH_STEP = 1 << 14  # vectors per k-NN / add step: a 32 MiB float32 copy of 5
 class DedupConfig:
     """Thresholds and knobs of ``dedup_workspace``; see the module docstring for the method."""
 
-    threshold: float = 0.90  # image cosine at or above which two images are near-duplicates
-    # (calibrated: scripts/calibrate_dedup.py, docs/engines/vectors.md, "Dedup")
-    phash_distance: int = 4  # pHash Hamming distance at or below which two images are duplicates;
-    # -1 turns the pHash pass off (calibrated likewise)
+    # Calibrated defaults: scripts/calibrate_dedup.py, bench/results-dedup-calibration.json
+    # (docs/engines/vectors.md, "Dedup"); rerun it for another embedder.
+    # The best F1 there (precision 0.871, recall 0.818): no setting reached precision 0.95 with a
+    # usable recall on that set (the default embedder ranks icons of one theme close together).
+    threshold: float = 0.82  # image cosine at or above which two images are near-duplicates
+    phash_distance: int = 2  # pHash Hamming distance at or below which two images are duplicates;
+    # -1 turns the pHash pass off
+    confirm_threshold: float = 0.75  # a pair at or above this cosine whose pHashes are within
+    confirm_distance: int = 8  # ... this many bits is a near-duplicate too (-1: rule off)
+    min_cosine: float = 0.50  # star rule: the least cosine between any two members of a community
+    # (its diameter bound: look-alikes of a copy do not join through it)
     k: int = 16  # neighbours per image: a near-duplicate cluster larger than k is still joined
     # through chains of neighbours, and 16 keeps the 1M-vector search within budget (bench)
     nprobe: int | None = 8  # IVF cells joined with each cell; None: the index's own nprobe.
     # 8 found every planted pair of 1M vectors (bench/bench_dedup.py)
-    method: str = "louvain"  # louvain (networkx) | leiden (needs a networkx backend such as cugraph)
-    resolution: float = 1.0  # modularity resolution: > 1 gives smaller communities
-    louvain_min_size: int = 32  # components at least this large and sparser than `dense`
-    dense: float = 0.5  # ... (edge density < 0.5) are split by Louvain; smaller ones stay whole:
-    # an original with a handful of edited copies forms a star (copies meet each other below the
-    # threshold), which Louvain would cut in two; chains that merge unrelated images grow larger
+    method: str = "star"  # star (bounded diameter, engine.vectors.communities) | louvain (networkx) |
+    # leiden (needs a networkx backend such as cugraph): components split by modularity, may chain
+    resolution: float = 1.0  # louvain/leiden: modularity resolution: > 1 gives smaller communities
+    louvain_min_size: int = 32  # louvain/leiden: components at least this large and sparser than
+    dense: float = 0.5  # ... `dense` (edge density < 0.5) are split; smaller ones stay whole
     seed: int = 0
     device: str = "cpu"  # cpu | cuda:N: where the k-NN search of a flat index runs (engine.vectors.faiss_gpu;
     # an IVF index's cell join stays on the CPU). Same pairs on both: flat search is exact
@@ -103,13 +111,16 @@ def semantic_pairs(
     nprobe: int | None = None,
     device: str = "cpu",
     lists: tuple[np.ndarray, np.ndarray] | None = None,
+    tie: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The k nearest neighbours of every row of ``vectors`` (row r = FAISS id r), exact cosines.
 
     Returns (i, j, sim) with i < j and sim >= threshold (each row keeps at most its k best),
     unique pairs sorted by (i, j), and per row its nearest other row and that cosine (-1 and NaN
     when it has none). ``lists``: every row's search result (FAISS ids, cosines) of a flat index,
-    already known (``engine.vectors.knn_graph``), so nothing is searched.
+    already known (``engine.vectors.knn_graph``), so nothing is searched. ``tie``: a rank per FAISS
+    id (by sample id) that decides between equally near neighbours (default: the smaller FAISS id),
+    so a workspace grown source by source, whose FAISS ids come in another order, picks the same.
     """
     n = len(vectors)
     nearest = np.full(n, -1, np.int64)
@@ -122,7 +133,7 @@ def semantic_pairs(
         blocks = _cell_join(ivf, vectors, threshold, k, nprobe or ivf.nprobe, nearest, nearest_sim)
     else:
         searcher = to_device(index.index, device)
-        blocks = _index_knn(searcher, vectors, threshold, k, nearest, nearest_sim, lists)
+        blocks = _index_knn(searcher, vectors, threshold, k, nearest, nearest_sim, lists, tie)
     keys, sims = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     for rows, cols, sim in blocks:
         a, b = np.minimum(rows, cols), np.maximum(rows, cols)
@@ -132,7 +143,7 @@ def semantic_pairs(
     return key // n, key % n, np.concatenate(sims)[first], nearest, nearest_sim
 
 
-def _index_knn(index: faiss.Index, vectors, threshold, k, nearest, nearest_sim, lists=None):
+def _index_knn(index: faiss.Index, vectors, threshold, k, nearest, nearest_sim, lists=None, tie=None):
     """Flat and HNSW indexes hold the vectors: their k-NN similarities are exact already."""
     kk = min(k + 1, len(vectors))  # + 1: a vector finds itself
     for start in range(0, len(vectors), SEARCH_STEP):
@@ -145,7 +156,7 @@ def _index_knn(index: faiss.Index, vectors, threshold, k, nearest, nearest_sim, 
         cols, sim = ids.reshape(-1), sim.reshape(-1)
         keep = (cols >= 0) & (cols != rows)
         rows, cols, sim = rows[keep], cols[keep], sim[keep]
-        order = np.lexsort((cols, -sim, rows))  # per row, best first (ties: the smaller id)
+        order = np.lexsort((cols if tie is None else tie[cols], -sim, rows))  # per row, best first
         first = np.ones(len(order), bool)
         first[1:] = rows[order][1:] != rows[order][:-1]
         best = order[first]
@@ -192,49 +203,28 @@ def _cell_join(ivf: faiss.IndexIVF, vectors, threshold, k, nprobe, nearest, near
 
 
 def find_communities(
-    n: int, i: np.ndarray, j: np.ndarray, weight: np.ndarray, config: DedupConfig
+    n: int,
+    i: np.ndarray,
+    j: np.ndarray,
+    weight: np.ndarray,
+    config: DedupConfig,
+    rank: np.ndarray | None = None,
+    vectors: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Community label per node (labels are the smallest node of each community) and the number
-    of components split by Louvain/Leiden."""
+    of components split by Louvain/Leiden (0 for ``star``; ``engine.vectors.communities``).
+
+    ``rank``: quality rank per node for ``star``'s tie-break (None: node order); ``vectors``: the
+    nodes' unit vectors for its diameter bound (None: no bound, as for pHash-only edges).
+    """
     if config.method not in METHODS:
-        raise ValueError(f"unknown community method {config.method!r}; choose louvain or leiden")
+        raise ValueError(f"unknown community method {config.method!r}; choose star, louvain or leiden")
     if n == 0:
         return np.zeros(0, np.int64), 0
-    graph = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()
-    _, comp = connected_components(graph, directed=False)
-    labels = comp.astype(np.int64)
-    size = np.bincount(comp)
-    edges = np.bincount(comp[i], minlength=len(size)) if len(i) else np.zeros(len(size), np.int64)
-    density = np.divide(edges, size * (size - 1) / 2, out=np.ones(len(size)), where=size > 1)
-    split = np.flatnonzero((size >= config.louvain_min_size) & (density < config.dense))
-    if len(split):
-        import networkx as nx
-
-        edge_comp = comp[i]
-        next_label = len(size)
-        for c in split:
-            sel = edge_comp == c
-            g = nx.Graph()
-            g.add_nodes_from(np.flatnonzero(comp == c).tolist())
-            g.add_weighted_edges_from(
-                zip(i[sel].tolist(), j[sel].tolist(), weight[sel].tolist(), strict=True)
-            )
-            if config.method == "louvain":
-                parts = nx.community.louvain_communities(g, resolution=config.resolution, seed=config.seed)
-            else:
-                try:
-                    parts = nx.community.leiden_communities(g, resolution=config.resolution, seed=config.seed)
-                except NotImplementedError as e:
-                    raise ValueError(
-                        "leiden needs a networkx backend that implements it (e.g. nx-cugraph); use louvain"
-                    ) from e
-            for part in sorted(parts, key=min):
-                labels[list(part)] = next_label
-                next_label += 1
-    # canonical labels: the smallest node of each community, independent of the algorithms' order
-    smallest = np.full(labels.max() + 1, n, np.int64)
-    np.minimum.at(smallest, labels, np.arange(n))
-    return smallest[labels], len(split)
+    if config.method == "star":
+        rank = np.arange(n) if rank is None else rank
+        return star_communities(n, i, j, weight, rank, vectors, config.min_cosine), 0
+    return modularity_communities(n, i, j, weight, config.method, config)
 
 
 def representative_order(quality: pa.Table) -> np.ndarray:
@@ -292,9 +282,17 @@ def load_image_vectors(
     return vectors, scores
 
 
+def edge_threshold(config: DedupConfig) -> float:
+    """The least cosine a semantic pair needs before ``phash_pairs.confirmed`` decides."""
+    return (
+        min(config.threshold, config.confirm_threshold) if config.confirm_distance >= 0 else config.threshold
+    )
+
+
 def semantic_edges(ws: Workspace, config: DedupConfig, model: str | None, row_of: dict, n: int):
     """The image index's edges over signals rows (i, j, cosine), each row's nearest other image and
-    its cosine, clip_score per row, and how many images were searched (the rest kept stored lists)."""
+    its cosine, clip_score per row, how many images were searched (the rest kept stored lists) and
+    the image vector per row (NaN where a row has none; None without an index)."""
     nearest_id: list[str | None] = [None] * n
     nearest_sim = np.full(n, np.nan, np.float32)
     clip = np.full(n, np.nan)
@@ -304,7 +302,7 @@ def semantic_edges(ws: Workspace, config: DedupConfig, model: str | None, row_of
     except VectorIndexError:
         vindex = None
     if vindex is None or not n:
-        return none, none, np.zeros(0), nearest_id, nearest_sim, clip, 0
+        return none, none, np.zeros(0), nearest_id, nearest_sim, clip, 0, None
     vectors, scores = load_image_vectors(ws, vindex, model)
     rows = np.array([row_of.get(s, -1) for s in vindex.ids], np.int64)  # FAISS id -> signals row
     lists, searched = None, len(vectors)
@@ -312,16 +310,20 @@ def semantic_edges(ws: Workspace, config: DedupConfig, model: str | None, row_of
         searcher = to_device(vindex.index, config.device)
         found, sims, searched = neighbour_lists(ws, searcher, vindex.ids, vectors, config.k, model)
         lists = (found, sims)
+    tie = np.argsort(np.argsort(np.asarray([str(s) for s in vindex.ids]), kind="stable"))  # sample-id rank
     a, b, sim, near, near_sim = semantic_pairs(
-        vindex, vectors, config.threshold, config.k, config.nprobe, config.device, lists
+        vindex, vectors, edge_threshold(config), config.k, config.nprobe, config.device, lists, tie
     )
     keep = (rows[a] >= 0) & (rows[b] >= 0)  # a sample dropped since indexing has no row
+    row_vectors = np.full((n, vectors.shape[1]), np.nan, np.float16)
+    row_vectors[rows[rows >= 0]] = vectors[rows >= 0]
     for fid in np.flatnonzero(rows >= 0):
         r = rows[fid]
         clip[r] = scores[fid]
         if near[fid] >= 0:
             nearest_id[r], nearest_sim[r] = str(vindex.ids[near[fid]]), near_sim[fid]
-    return rows[a][keep], rows[b][keep], sim[keep].astype(np.float64), nearest_id, nearest_sim, clip, searched
+    edges = rows[a][keep], rows[b][keep], sim[keep].astype(np.float64)
+    return *edges, nearest_id, nearest_sim, clip, searched, row_vectors
 
 
 def dedup_workspace(
@@ -339,10 +341,15 @@ def dedup_workspace(
     sample_ids = np.asarray(signals["sample_id"].to_pylist(), dtype=object)
     n = len(sample_ids)
     row_of = {s: r for r, s in enumerate(sample_ids)}
-    si, sj, sw, nearest_id, nearest_sim, clip, searched = semantic_edges(ws, config, model, row_of, n)
-    ii, jj, ww = [si], [sj], [sw]
-    semantic_count = len(si)
+    si, sj, sw, nearest_id, nearest_sim, clip, searched, vectors = semantic_edges(
+        ws, config, model, row_of, n
+    )
     valid = signals["phash"].is_valid().to_numpy(zero_copy_only=False)
+    hashes = pc.fill_null(signals["phash"], 0).to_numpy().astype(np.uint64)
+    distance = np.where(valid[si] & valid[sj], np.bitwise_count(hashes[si] ^ hashes[sj]), -1)
+    keep = confirmed(sw, distance, config.threshold, config.confirm_threshold, config.confirm_distance)
+    ii, jj, ww = [si[keep]], [sj[keep]], [sw[keep]]
+    semantic_count = int(keep.sum())
     hashed = np.flatnonzero(valid)
     pa_i, pa_j, dist = phash_pairs(
         pc.fill_null(signals["phash"], 0).to_numpy()[hashed], config.phash_distance
@@ -351,9 +358,9 @@ def dedup_workspace(
     jj.append(hashed[pa_j])
     ww.append(1.0 - dist / 64.0)
     i, j, w = np.concatenate(ii).astype(np.int64), np.concatenate(jj).astype(np.int64), np.concatenate(ww)
-    labels, split = find_communities(n, i, j, w, config)
     quality = signals.append_column("clip_score", pa.array(clip, pa.float64(), mask=np.isnan(clip)))
     rank = representative_order(quality)
+    labels, split = find_communities(n, i, j, w, config, rank, vectors)
     best = np.full(n + 1, np.iinfo(np.int64).max, np.int64)
     np.minimum.at(best, labels, rank)
     is_rep = rank == best[labels]

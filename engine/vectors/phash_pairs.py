@@ -60,3 +60,15 @@ def _close_pairs(values: np.ndarray, members: np.ndarray, max_distance: int) -> 
         r, c = np.nonzero((dist <= max_distance) & upper)
         keys.append(rows[r].astype(np.int64) * len(values) + members[c])
     return np.concatenate(keys)
+
+
+def confirmed(
+    sim: np.ndarray, distance: np.ndarray, threshold: float, confirm_threshold: float, confirm_distance: int
+) -> np.ndarray:
+    """Which semantic pairs are near-duplicates: cosine >= ``threshold``, or cosine >=
+    ``confirm_threshold`` with the two pHashes within ``confirm_distance`` bits (a JPEG, watermarked
+    or colour-jittered copy moves both a little; a look-alike of another object rarely keeps the
+    hash). ``distance``: the pairs' pHash distances, -1 where a hash is missing; ``confirm_distance``
+    -1 turns the second rule off."""
+    agree = (distance >= 0) & (distance <= confirm_distance) & (sim >= confirm_threshold)
+    return (sim >= threshold) | (agree if confirm_distance >= 0 else False)

@@ -70,5 +70,5 @@ def test_format_words_are_noise_and_recipes_stop_or_keep_them(tmp_path):
     assert stopped_concepts(ws, Concepts(noise="keep")) == []
     assert stopped_concepts(ws, Concepts(keep=("svg.x.01",))) == []
     assert stopped_concepts(ws, Concepts(stop=("dog.n.01",))) == sorted([svg, dog])
-    with pytest.raises(RecipeError, match="concepts.stop: unknown concept 'nothing.n.09'"):
+    with pytest.raises(RecipeError, match=r"concepts\.stop: unknown concept 'nothing\.n\.09'"):
         stopped_concepts(ws, Concepts(stop=("nothing.n.09",)))
