@@ -34,20 +34,26 @@ def train_embedder_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the heads file.")],
     epochs: Annotated[int, typer.Option(help="Passes over the training pairs.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the head initialisation and batch order.")] = 0,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N openclipart records.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N pairs of each source.")] = None,
+    search: Annotated[
+        bool, typer.Option("--search", help="Try the SEARCH_GRID settings; keep the best on validation.")
+    ] = False,
     cache_dir: Annotated[
         str | None, typer.Option(help="Where tower features are cached (default: $TMPDIR/zcurate-cache).")
     ] = None,
 ) -> None:
-    """Train the default embedder's projection heads on openclipart (towers frozen, LiT-style).
+    """Train the default embedder's projection heads (towers frozen, LiT-style).
 
-    Caches the frozen towers' features once (minutes), trains the heads with open_clip's ClipLoss
-    (seconds), reports held-out retrieval, and writes a small heads-only safetensors file that
-    'zcurate embed --model FILE' (or load_embedder(FILE)) uses.
+    Trains on openclipart, Noto emoji and GNOME icons (Debian packages), split so no caption, file
+    name or picture leaks; reports the in-distribution test split, the held-out elementary-xfce
+    icons and, when installed, the reserved Tux Paint stamps. Caches the frozen towers' features
+    once (minutes), trains the heads with open_clip's ClipLoss (seconds), and writes a small
+    heads-only safetensors file that 'zcurate embed --model FILE' (or load_embedder(FILE)) uses.
     """
     from dataclasses import asdict
 
     from engine.profiling.records import SourceError
+    from engine.vectors.embedder_sources import SourceMissing
     from engine.vectors.embedder_training import TrainConfig, train_embedder
 
     if epochs < 1 or (limit is not None and limit < 2):
@@ -62,8 +68,9 @@ def train_embedder_command(
                 TrainConfig(epochs=epochs, seed=seed, limit=limit),
                 cache_dir=cache_dir,
                 progress=lambda n: bar.update(n - bar.n),
+                search=search,
             )
-    except (SourceError, ValueError) as e:
+    except (SourceError, SourceMissing, ValueError) as e:
         fail(str(e))
     out.print(json.dumps(asdict(result), indent=1))
 

@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: WordNet (concept graph), openclipart (demo and test data), CJK fonts (OCR tests),
+# Debian packages: WordNet (concept graph), openclipart (demo and test data), emoji and icons (the
+# embedder's training sources), CJK fonts (OCR tests),
 # chromium + its driver (the dashboard's browser tests; Playwright drives it, no browser download).
-APT_PACKAGES=(wordnet-base openclipart-png openclipart-svg fonts-noto-cjk fonts-wqy-microhei fonts-dejavu-core fontconfig make
+APT_PACKAGES=(wordnet-base openclipart-png openclipart-svg fonts-noto-color-emoji gnome-icon-theme elementary-xfce-icon-theme fonts-noto-cjk fonts-wqy-microhei fonts-dejavu-core fontconfig make
   chromium chromium-driver)
 
 missing=()

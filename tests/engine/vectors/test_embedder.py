@@ -43,7 +43,7 @@ def test_vectors_are_unit_float32_of_the_model_width(embedder, vectors):
     for x in (images, texts):
         assert x.dtype == np.float32 and x.shape == (24, 256)
         np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
-    assert embedder.model_id.startswith("EffLite0-MiniLM-L6@EffLite0-MiniLM-L6-openclipart#")
+    assert embedder.model_id.startswith("EffLite0-MiniLM-L6@EffLite0-MiniLM-L6#")
 
 
 def test_matched_pairs_score_above_shuffled_pairs(vectors):
