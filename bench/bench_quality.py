@@ -129,11 +129,13 @@ def skimage_images(names) -> list[tuple[str, Image.Image]]:
 
 def openclipart_images(n: int, heldout: bool) -> list[tuple[str, Image.Image]]:
     """The first ``n`` openclipart images of one split, fitted into CLIPART_SIDE, at least 64 px."""
-    from engine.vectors.embedder_training import is_heldout, openclipart_pairs
+    from engine.vectors.embedder_sources import openclipart_images
+    from engine.vectors.embedder_training import unseen_openclipart_ids
 
-    found = []
-    for _, image_id, _, image in openclipart_pairs():
-        if image_id is None or is_heldout(image_id) != heldout:
+    found, unseen = [], unseen_openclipart_ids()
+    for pair in openclipart_images():
+        image, image_id = pair.image, pair.image_id
+        if image is None or (pair.key in unseen) != heldout:
             continue
         image.thumbnail((CLIPART_SIDE, CLIPART_SIDE))
         if min(image.size) >= 64:

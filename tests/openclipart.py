@@ -1,24 +1,25 @@
-"""Real test pairs from openclipart (Debian): the held-out split the default embedder never saw."""
+"""Real test pairs from openclipart (Debian): the test split the default embedder never trained on."""
 
 from __future__ import annotations
 
 import functools
 import os
 
-from engine.vectors.embedder_training import is_heldout, openclipart_pairs
+from engine.vectors.embedder_sources import openclipart_images
+from engine.vectors.embedder_training import unseen_openclipart_ids
 
 
 @functools.cache
 def heldout_pairs(n: int = 24) -> tuple[tuple[str, str, str, object], ...]:
     """The first ``n`` usable held-out openclipart pairs in source order (sample_id, image_id,
     caption, RGB image), one caption per image, images downscaled to 256 px to keep memory low."""
-    pairs, images = [], set()
-    for sample_id, image_id, caption, image in openclipart_pairs():
-        if sample_id is None or not is_heldout(image_id) or image_id in images:
+    pairs, images, unseen = [], set(), unseen_openclipart_ids()
+    for pair in openclipart_images():
+        if pair.image is None or pair.key not in unseen or pair.image_id in images:
             continue
-        image.thumbnail((256, 256))
-        pairs.append((sample_id, image_id, caption, image))
-        images.add(image_id)
+        pair.image.thumbnail((256, 256))
+        pairs.append((pair.key, pair.image_id, pair.caption, pair.image))
+        images.add(pair.image_id)
         if len(pairs) == n:
             break
     return tuple(pairs)

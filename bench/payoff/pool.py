@@ -1,9 +1,9 @@
 """A noisy pool with known truth, and a clean evaluation set, built from openclipart by a seed.
 
-Only openclipart pairs the embedded default's heads never saw are used: the embedder's held-out
-split (``engine.vectors.embedder_training.is_heldout``, by image hash), minus every pair whose
-normalised caption or file name also occurs in its training split (that split leaks by caption and
-name, see issue 21). The candidates are deduplicated by caption and by an 8x8 average hash, then
+Only openclipart pairs the embedded default's heads never saw are used: the embedder's test split
+(``engine.vectors.embedder_training.unseen_openclipart_ids``, grouped by caption, file name and
+pHash), minus every pair whose normalised caption or file name also occurs in the rest of
+openclipart. The candidates are deduplicated by caption and by an 8x8 average hash, then
 shuffled by the seed: the first ``eval`` go to the evaluation set, the next ``clean`` are the
 pool's base images. The two sets share no image, caption, file name or perceptual hash.
 
@@ -76,19 +76,20 @@ def heldout_candidates(scan_limit: int | None) -> list[dict]:
     in a fixed order (by image hash). Each: name, caption, image (RGB, at most MAX_SIDE)."""
     from engine.profiling.ingest import IngestConfig, ingest_record
     from engine.profiling.source import load_source
-    from engine.vectors.embedder_training import is_heldout
+    from engine.vectors.embedder_training import unseen_openclipart_ids
 
     source = load_source("openclipart")
     rows = source.list_records()
     if scan_limit is not None:
         rows = rows.slice(0, scan_limit)
     held, train_captions, train_names, config = [], set(), set(), IngestConfig()
+    unseen = unseen_openclipart_ids()
     for record in source.read_records(rows):
         result = ingest_record(record, source.key, config)
         if not result.ok:
             continue
         caption, image_id = result.row["caption"], result.row["image_id"]
-        if is_heldout(image_id):
+        if result.row["sample_id"] in unseen:
             image = result.image.convert("RGB")
             image.thumbnail((MAX_SIDE, MAX_SIDE))
             held.append({"name": record.name, "caption": caption, "image_id": image_id, "image": image})

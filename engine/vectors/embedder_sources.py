@@ -61,6 +61,7 @@ class CaptionedImage:
     caption: str
     basename: str
     image: Image.Image | None  # None: rejected, ``caption`` then holds the reason
+    image_id: str = ""  # the image's content hash where the source has one (openclipart)
 
 
 def over_white(image: Image.Image) -> Image.Image:
@@ -94,8 +95,9 @@ def openclipart_images(limit: int | None = None) -> Iterator[CaptionedImage]:
         result = ingest_record(record, source.key, config)
         row = result.row
         if result.ok:
+            name = stem_of(record.name)
             yield CaptionedImage(
-                "openclipart", row["sample_id"], row["caption"], stem_of(record.name), result.image
+                "openclipart", row["sample_id"], row["caption"], name, result.image, row["image_id"]
             )
         else:
             yield CaptionedImage("openclipart", str(record.ref), row["reject_reason"], "", None)

@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.vectors.default_embedder import (
     DEFAULT_ARCH,
+    DEFAULT_HEADS,
     build_default_model,
     save_heads,
 )
@@ -320,7 +321,7 @@ def train_embedder(
         seconds_train=round(seconds_train, 1),
         rejected={k: v for part in parts.values() for k, v in part.rejected.items()},
     )
-    write_heads(model, output, result)
+    write_heads(model, output, result, test_keys=sorted(np.asarray(table.keys)[~train].tolist()))
     return result
 
 
@@ -338,7 +339,7 @@ def source_commit() -> str:
     return run.stdout.strip() or "unknown"
 
 
-def write_heads(model, output: str, result: TrainResult) -> None:
+def write_heads(model, output: str, result: TrainResult, test_keys: list[str]) -> None:
     """The heads file, with its provenance (data, sources, configuration, measures) in metadata."""
     provenance = {
         "architecture": DEFAULT_ARCH,
@@ -349,8 +350,23 @@ def write_heads(model, output: str, result: TrainResult) -> None:
         "pairs": result.pairs,
         "results": result.results,
         "search": result.search,
+        "test_keys": test_keys,  # 'source/key' of the in-distribution test split: pairs never trained on
     }
     # One metadata key: safetensors writes several in hash-map order, which changes run to run.
     metadata = {"zcurate": json.dumps(provenance, sort_keys=True)}
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     save_heads(model, output, metadata)
+
+
+def heads_provenance(path: str | os.PathLike = DEFAULT_HEADS) -> dict:
+    """The training record a heads file carries (``write_heads``'s metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as heads:
+        return json.loads((heads.metadata() or {}).get("zcurate", "{}"))
+
+
+def unseen_openclipart_ids(path: str | os.PathLike = DEFAULT_HEADS) -> frozenset[str]:
+    """openclipart sample ids in the heads' in-distribution test split: pairs they never trained on."""
+    keys = heads_provenance(path).get("test_keys", [])
+    return frozenset(key.removeprefix("openclipart/") for key in keys if key.startswith("openclipart/"))
