@@ -78,9 +78,11 @@ def tag(
     if summary.clip_skipped:
         out.print(f"clip zero-shot: not run ({summary.clip_skipped})")
     else:
+        unseen = summary.clip_precision_unseen
         out.print(
             f"clip zero-shot: threshold {summary.clip_threshold:.3f} (calibrated: precision "
-            f"{summary.clip_precision:.2f}, recall {summary.clip_recall:.2f} against the text tags)"
+            f"{summary.clip_precision:.2f}, recall {summary.clip_recall:.2f} against the text tags; "
+            f"precision on samples it was not calibrated on: {'n/a' if unseen is None else f'{unseen:.2f}'})"
         )
 
 

@@ -196,7 +196,7 @@ def dedup(
     workspace: WorkspaceOption,
     threshold: Annotated[
         float, typer.Option(help="Image cosine at or above which images are near-duplicates.")
-    ] = 0.82,
+    ] = 0.84,
     phash_distance: Annotated[
         int, typer.Option(help="pHash Hamming distance for exact duplicates; -1: off.")
     ] = 2,

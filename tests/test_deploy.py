@@ -35,6 +35,9 @@ SECRETS = {"RAY_AUTH_TOKEN": "0123456789abcdef", "ZCURATE_API_KEYS": "deploy-tes
 
 # scripts/setup.sh's apt packages that the image leaves out: development only.
 DEV_ONLY_APT = {
+    "fonts-noto-color-emoji",  # the default embedder's training sources (zcurate train-embedder)
+    "gnome-icon-theme",
+    "elementary-xfce-icon-theme",
     "fonts-noto-cjk",  # the fonts render text for the OCR tests; the engine draws no text
     "fonts-wqy-microhei",
     "fonts-dejavu-core",

@@ -117,3 +117,20 @@ def calibrate_threshold(
         return float("inf"), 0.0, 0.0
     best = int(ok[-1])
     return float(sorted_scores[best]), float(precision[best]), float(hits[best] / total)
+
+
+def unseen_precision(
+    scores: np.ndarray, confirmed: np.ndarray, halves: np.ndarray, min_precision: float
+) -> float | None:
+    """The precision of a threshold on samples it was not calibrated on: calibrate on each half
+    (``halves`` is 0 or 1 per candidate, fixed by sample), measure on the other, average the two.
+    None when a half gives no threshold or keeps nothing of the other half."""
+    measured = []
+    for half in (0, 1):
+        mine, other = halves == half, halves != half
+        threshold, _, _ = calibrate_threshold(scores[mine], confirmed[mine], min_precision)
+        kept = other & (scores >= threshold)
+        if not np.isfinite(threshold) or not kept.any():
+            return None
+        measured.append(float(confirmed[kept].mean()))
+    return float(np.mean(measured))

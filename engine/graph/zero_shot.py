@@ -6,13 +6,14 @@ candidates are confirmed by the sample's own text tags often enough (``engine.gr
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.compute as pc
 
 from engine import schema
-from engine.graph.concept_index import calibrate_threshold
+from engine.graph.concept_index import calibrate_threshold, unseen_precision
 from engine.graph.matching import SOURCE_CLIP, tags_table
 
 if TYPE_CHECKING:  # tagging imports this module: its config is only an annotation here
@@ -52,7 +53,7 @@ def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summar
 
     candidates = search_shards(ws, shards, vocabulary, graph, embedder, config, summary) if embedder else {}
     ancestors = ancestor_distances(graph) if candidates else {}
-    all_scores, all_confirmed = [], []
+    all_scores, all_confirmed, all_halves = [], [], []
     for shard_id, shard_candidates in candidates.items():
         text_tags: dict[str, set[int]] = {}
         for row in text_rows(ws, shard_id):
@@ -61,12 +62,19 @@ def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summar
         for sample_id, c, score in shard_candidates:
             mine, up = text_tags.get(sample_id, set()), known.get(sample_id, set())
             all_scores.append(score)
+            all_halves.append(sample_half(sample_id))
             all_confirmed.append(c in up or not mine.isdisjoint(ancestors.get(c, {})))
     threshold, precision, recall = calibrate_threshold(
         np.array(all_scores), np.array(all_confirmed, bool), config.clip_min_precision
     )
     if embedder is not None:
         summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
+        summary.clip_precision_unseen = unseen_precision(
+            np.array(all_scores),
+            np.array(all_confirmed, bool),
+            np.array(all_halves),
+            config.clip_min_precision,
+        )
     for shard_id in shards:
         current = ws.read_shard("tags", shard_id)
         rows = [
@@ -80,6 +88,11 @@ def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summar
         if rows:
             summary.tags += len(rows)
             summary.by_source[SOURCE_CLIP] = summary.by_source.get(SOURCE_CLIP, 0) + len(rows)
+
+
+def sample_half(sample_id: str) -> int:
+    """0 or 1, fixed by the sample id: the halves that cross-check the threshold."""
+    return int(hashlib.sha256(sample_id.encode()).digest()[0] & 1)
 
 
 def text_rows(ws, shard_id: str) -> list[dict]:

@@ -56,13 +56,14 @@ class DedupConfig:
 
     # Calibrated defaults: scripts/calibrate_dedup.py, bench/results-dedup-calibration.json
     # (docs/engines/vectors.md, "Dedup"); rerun it for another embedder.
-    # The best F1 there (precision 0.871, recall 0.818): no setting reached precision 0.95 with a
+    # The best F1 there (precision 0.840, recall 0.847): no setting reached precision 0.95 with a
     # usable recall on that set (the default embedder ranks icons of one theme close together).
-    threshold: float = 0.82  # image cosine at or above which two images are near-duplicates
+    threshold: float = 0.84  # image cosine at or above which two images are near-duplicates
     phash_distance: int = 2  # pHash Hamming distance at or below which two images are duplicates;
     # -1 turns the pHash pass off
-    confirm_threshold: float = 0.75  # a pair at or above this cosine whose pHashes are within
-    confirm_distance: int = 8  # ... this many bits is a near-duplicate too (-1: rule off)
+    confirm_threshold: float = 0.80  # a pair at or above this cosine whose pHashes are within
+    confirm_distance: int = -1  # ... this many bits is a near-duplicate too (-1: rule off; the
+    # calibration with the current heads chose it off)
     min_cosine: float = 0.50  # star rule: the least cosine between any two members of a community
     # (its diameter bound: look-alikes of a copy do not join through it)
     k: int = 16  # neighbours per image: a near-duplicate cluster larger than k is still joined

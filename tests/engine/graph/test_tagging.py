@@ -13,7 +13,7 @@ import pytest
 from engine import schema
 from engine.catalog import refresh_catalog, run_sql
 from engine.graph.concept_graph import GraphConfig, ancestor_distances, load_graph, prune_graph
-from engine.graph.concept_index import calibrate_threshold
+from engine.graph.concept_index import calibrate_threshold, unseen_precision
 from engine.graph.concept_queries import concept_neighbourhood, representation_gaps, subtree_samples
 from engine.graph.matching import build_matcher, normalize_tokens
 from engine.graph.tagging import tag_workspace, tags_up_to_date
@@ -370,6 +370,16 @@ def test_calibrated_threshold_reaches_the_target_precision():
     assert calibrate_threshold(scores, confirmed, 0.5) == (0.4, 4 / 7, 1.0)
     assert calibrate_threshold(scores, confirmed, 1.0) == (0.9, 1.0, 0.25)
     assert calibrate_threshold(scores, np.zeros(7, bool), 0.5) == (float("inf"), 0.0, 0.0)
+
+
+def test_the_threshold_is_checked_on_the_half_it_was_not_calibrated_on():
+    scores = np.array([0.9, 0.7, 0.5, 0.8, 0.75, 0.72, 0.4])
+    confirmed = np.array([True, True, False, False, True, True, False])
+    halves = np.array([0, 0, 0, 1, 1, 1, 1])
+    # half 0 calibrates t = 0.5 (precision 2/3 >= 0.6): half 1 at >= 0.5 keeps 0.8 F, 0.75 T, 0.72 T -> 2/3
+    # half 1 calibrates t = 0.72 (2/3): half 0 at >= 0.72 keeps 0.9 T -> 1
+    assert unseen_precision(scores, confirmed, halves, 0.6) == pytest.approx((2 / 3 + 1) / 2)
+    assert unseen_precision(scores, confirmed, np.zeros(7, int), 0.6) is None  # one half is empty
 
 
 def test_graph_commands_on_a_tagged_workspace(tagged, tmp_path):
