@@ -415,12 +415,20 @@ def vectors_dedup_figures() -> list[str]:
     at_95 = c["calibration"]["best_recall_at_precision"]["0.95"]
     return [
         f"cosine **{ch['threshold']:.2f}**, pHash **d = {ch['phash_distance']}**",
-        f"cosine **{ch['confirm_threshold']:.2f}** within **{ch['confirm_distance']}** bits",
+        (
+            f"cosine **{ch['confirm_threshold']:.2f}** within **{ch['confirm_distance']}** bits"
+            if ch["confirm_distance"] >= 0
+            else "pHash-confirmed pairs **off**"
+        ),
         f"diameter bound **{ch['min_cosine']:.2f}**",
         f"precision **{ch['precision']:.3f}** and recall **{ch['recall']:.3f}** there",
         f"precision **{m['precision']:.3f}** and recall **{m['recall']:.3f}**",
         f"**{b['precision']:.3f}** / **{b['recall']:.3f}** for imagehash",
-        f"(the best was recall **{at_95['recall']:.3f}**)",
+        (
+            f"(the best was recall **{at_95['recall']:.3f}**)"
+            if at_95
+            else "No setting of the calibration grid reached precision 0.95"
+        ),
     ]
 
 
