@@ -315,11 +315,12 @@ def test_the_embedder_figures_come_from_a_clean_commit():
 
 
 def dedup_rows() -> list[str]:
-    r = results("results-dedup.json")
+    r = results("results-dedup-1m.json")
     t = r["times_s"]
     return [
         f"| dedup of {r['n']:,} {r['dim']}-d vectors ({r['planted_clusters']:,} planted clusters, "
-        f"{r['planted_pairs']:,} planted pairs) | result | target |",
+        f"{r['planted_pairs']:,} planted pairs, {r['hard_negatives']:,} hard negatives), threshold "
+        f"{r['threshold']:.2f}, {r['method']} | result | target |",
         f"| wall: IVF-PQ train {t['train_s']:.0f} s + add {t['add_s']:.0f} s "
         f"+ k-NN graph {t['knn_graph_s']:.0f} s "
         f"+ communities {t['communities_s']:.1f} s + representatives {t['representatives_s']:.1f} s "
