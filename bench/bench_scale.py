@@ -235,9 +235,10 @@ def run_step(step: str, root: str, num_cpus: int) -> dict:
     if step == "tag":
         from engine.catalog import refresh_catalog
         from engine.graph.tagging import TagConfig, tag_workspace
-        from engine.vectors.model_specs import load_embedder
 
-        s = tag_workspace(ws, config=TagConfig(embedder=load_embedder(None)), progress=False)
+        s = tag_workspace(ws, config=TagConfig(), progress=False)  # the embedded default's zero-shot pass
+        if s.clip_skipped:
+            raise SystemExit(f"tag: the zero-shot pass did not run: {s.clip_skipped}")
         refresh_catalog(ws)
         return {"rows": s.samples, "tags": s.tags, "mined": len(s.mined), "concepts": s.concepts}
     if step == "manifest":

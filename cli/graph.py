@@ -82,7 +82,8 @@ def tag(
         out.print(
             f"clip zero-shot: threshold {summary.clip_threshold:.3f} (calibrated: precision "
             f"{summary.clip_precision:.2f}, recall {summary.clip_recall:.2f} against the text tags; "
-            f"precision on samples it was not calibrated on: {'n/a' if unseen is None else f'{unseen:.2f}'})"
+            "precision on captions it was not calibrated on: "
+            f"{'n/a' if unseen is None else f'{unseen:.2f} over {summary.clip_unseen_kept} tags'})"
         )
 
 

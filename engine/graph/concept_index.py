@@ -121,11 +121,12 @@ def calibrate_threshold(
 
 def unseen_precision(
     scores: np.ndarray, confirmed: np.ndarray, halves: np.ndarray, min_precision: float
-) -> float | None:
-    """The precision of a threshold on samples it was not calibrated on: calibrate on each half
-    (``halves`` is 0 or 1 per candidate, fixed by sample), measure on the other, average the two.
-    None when a half gives no threshold or keeps nothing of the other half."""
-    measured = []
+) -> tuple[float, int] | None:
+    """(precision, kept) of a threshold on samples it was not calibrated on: calibrate on each half
+    (``halves`` is 0 or 1 per candidate), measure on the other, average the two precisions;
+    ``kept`` counts the candidates both measurements kept (how much the figure rests on). None when
+    a half gives no threshold or keeps nothing of the other half."""
+    measured, kept_total = [], 0
     for half in (0, 1):
         mine, other = halves == half, halves != half
         threshold, _, _ = calibrate_threshold(scores[mine], confirmed[mine], min_precision)
@@ -133,4 +134,5 @@ def unseen_precision(
         if not np.isfinite(threshold) or not kept.any():
             return None
         measured.append(float(confirmed[kept].mean()))
-    return float(np.mean(measured))
+        kept_total += int(kept.sum())
+    return float(np.mean(measured)), kept_total

@@ -88,8 +88,11 @@ class TagSummary:
     clip_threshold: float | None = None  # calibrated cosine threshold for clip tags
     clip_precision: float | None = None  # share of clip tags the text tags confirm (at the threshold)
     clip_recall: float | None = None  # share of confirmed candidates kept
-    # the same precision on samples the threshold was not calibrated on (two halves, crossed)
+    # the same precision on captions the threshold was not calibrated on (halves by caption, crossed)
     clip_precision_unseen: float | None = None
+    clip_unseen_kept: int = 0  # the candidates that unseen precision was measured on (both halves)
+    clip_candidates: int = 0  # zero-shot candidates (clip_top_k per image) the threshold chose from
+    clip_base_precision: float | None = None  # share of them the text confirms: no threshold's precision
     concepts: int = 0  # concepts in the workspace graph
     noise: list[str] = field(default_factory=list)  # concepts marked as corpus noise (engine.graph.noise)
     shards_read: int = 0  # shards whose captions were read for mining (the rest: kept summaries)

@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 from engine import schema
 from engine.graph.concept_index import calibrate_threshold, unseen_precision
 from engine.graph.matching import SOURCE_CLIP, tags_table
+from engine.graph.mining import shard_texts
+from engine.vectors.embedder_split import normalised_caption
 
 if TYPE_CHECKING:  # tagging imports this module: its config is only an annotation here
     from engine.graph.tagging import TagConfig
@@ -59,22 +61,21 @@ def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summar
         for row in text_rows(ws, shard_id):
             text_tags.setdefault(row["sample_id"], set()).add(row["concept_id"])
         known = {s: set().union(*(ancestors.get(c, {c: 0}) for c in cs)) for s, cs in text_tags.items()}
+        sample_ids, captions, _ = shard_texts(ws, shard_id)
+        half_of = dict(zip(sample_ids, map(caption_half, captions), strict=True))
         for sample_id, c, score in shard_candidates:
             mine, up = text_tags.get(sample_id, set()), known.get(sample_id, set())
             all_scores.append(score)
-            all_halves.append(sample_half(sample_id))
+            all_halves.append(half_of.get(sample_id, 0))
             all_confirmed.append(c in up or not mine.isdisjoint(ancestors.get(c, {})))
-    threshold, precision, recall = calibrate_threshold(
-        np.array(all_scores), np.array(all_confirmed, bool), config.clip_min_precision
-    )
+    scores, confirmed = np.array(all_scores), np.array(all_confirmed, bool)
+    threshold, precision, recall = calibrate_threshold(scores, confirmed, config.clip_min_precision)
     if embedder is not None:
         summary.clip_threshold, summary.clip_precision, summary.clip_recall = threshold, precision, recall
-        summary.clip_precision_unseen = unseen_precision(
-            np.array(all_scores),
-            np.array(all_confirmed, bool),
-            np.array(all_halves),
-            config.clip_min_precision,
-        )
+        summary.clip_candidates = len(scores)
+        summary.clip_base_precision = float(confirmed.mean()) if len(confirmed) else None
+        unseen = unseen_precision(scores, confirmed, np.array(all_halves), config.clip_min_precision)
+        summary.clip_precision_unseen, summary.clip_unseen_kept = unseen or (None, 0)
     for shard_id in shards:
         current = ws.read_shard("tags", shard_id)
         rows = [
@@ -90,9 +91,12 @@ def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summar
             summary.by_source[SOURCE_CLIP] = summary.by_source.get(SOURCE_CLIP, 0) + len(rows)
 
 
-def sample_half(sample_id: str) -> int:
-    """0 or 1, fixed by the sample id: the halves that cross-check the threshold."""
-    return int(hashlib.sha256(sample_id.encode()).digest()[0] & 1)
+def caption_half(caption: str | None) -> int:
+    """0 or 1, fixed by the normalised caption: the halves that cross-check the threshold. By
+    caption, not by sample, so a caption repeated on many images (a scrape's stock title) is in one
+    half only and the other half's precision is measured on captions the threshold never saw."""
+    text = normalised_caption(caption or "")
+    return int(hashlib.sha256(text.encode()).digest()[0] & 1)
 
 
 def text_rows(ws, shard_id: str) -> list[dict]:

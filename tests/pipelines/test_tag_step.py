@@ -23,6 +23,9 @@ def test_curate_tags_captions_and_images(tmp_path):
     assert tagging.clip_skipped == "", tagging.clip_skipped
     assert tagging.by_source["caption"] > summary.ok  # several concepts per caption
     assert tagging.clip_precision >= 0.5 and tagging.by_source.get("clip", 0) > 0
+    # the threshold beats taking every candidate (clip_top_k per image), and says what it rests on
+    assert 0 < tagging.clip_candidates <= 5 * summary.ok
+    assert tagging.clip_base_precision < tagging.clip_precision
     clip = run_sql(ws, "SELECT min(score) AS lo, count(*) AS n FROM tags WHERE source = 'clip'").to_pylist()[
         0
     ]

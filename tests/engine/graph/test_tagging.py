@@ -17,6 +17,7 @@ from engine.graph.concept_index import calibrate_threshold, unseen_precision
 from engine.graph.concept_queries import concept_neighbourhood, representation_gaps, subtree_samples
 from engine.graph.matching import build_matcher, normalize_tokens
 from engine.graph.tagging import tag_workspace, tags_up_to_date
+from engine.graph.zero_shot import caption_half
 from engine.profiling.openclipart_source import OPENCLIPART_ROOT, openclipart_caption
 from engine.workspace import Workspace
 
@@ -378,8 +379,15 @@ def test_the_threshold_is_checked_on_the_half_it_was_not_calibrated_on():
     halves = np.array([0, 0, 0, 1, 1, 1, 1])
     # half 0 calibrates t = 0.5 (precision 2/3 >= 0.6): half 1 at >= 0.5 keeps 0.8 F, 0.75 T, 0.72 T -> 2/3
     # half 1 calibrates t = 0.72 (2/3): half 0 at >= 0.72 keeps 0.9 T -> 1
-    assert unseen_precision(scores, confirmed, halves, 0.6) == pytest.approx((2 / 3 + 1) / 2)
+    precision, kept = unseen_precision(scores, confirmed, halves, 0.6)
+    assert precision == pytest.approx((2 / 3 + 1) / 2) and kept == 3 + 1
     assert unseen_precision(scores, confirmed, np.zeros(7, int), 0.6) is None  # one half is empty
+
+
+def test_the_halves_split_by_caption_so_a_repeated_caption_is_on_one_side():
+    halves = {caption_half(c) for c in ("A Frog!", "a frog", "  a   FROG ")}
+    assert len(halves) == 1  # one normalised caption, one half, whatever images carry it
+    assert {caption_half(f"stamp {i}") for i in range(40)} == {0, 1}  # distinct captions spread
 
 
 def test_graph_commands_on_a_tagged_workspace(tagged, tmp_path):
