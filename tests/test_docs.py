@@ -665,6 +665,34 @@ def test_the_quality_figures_are_their_results_file():
     assert not missing, differs + "\n".join(missing)
 
 
+# --- the zero-shot tag figures (docs/engines/graph.md) -----------------------------------------------
+
+GRAPH_PAGE = DOCS / "engines" / "graph.md"
+
+
+def zero_shot_line() -> str:
+    """The sentence docs/engines/graph.md quotes from bench/results-zero-shot.json."""
+    r = results("results-zero-shot.json")
+    d, x = r["data"], r["results"]
+    return (
+        f"On Tux Paint's {d['usable']:,} usable stamps, a source the embedded default never saw "
+        f"(`bench/bench_zero_shot.py`, `bench/results-zero-shot.json`): of {x['clip_candidates']:,} "
+        f"candidates (top {r['config']['clip_top_k']} per image) the text confirms "
+        f"{x['clip_base_precision']:.3f}; the calibrated threshold {x['clip_threshold']:.3f} keeps "
+        f"{x['clip_tags']} clip tags (precision {x['clip_precision']:.2f}, recall {x['clip_recall']:.2f} "
+        f"on the captions it was calibrated on), and on captions it was not calibrated on its precision "
+        f"is {x['clip_precision_unseen']:.2f} over {x['clip_unseen_kept']} tags."
+    )
+
+
+def test_the_zero_shot_figures_are_their_results_file():
+    r = results("results-zero-shot.json")
+    commit = r["meta"]["commit"]
+    assert commit != "unknown" and not commit.endswith("-dirty"), f"written at {commit}"
+    assert r["data"]["source"] == "tuxpaint-stamps-default"  # a source no head was trained on
+    assert zero_shot_line() in GRAPH_PAGE.read_text(encoding="utf-8"), zero_shot_line()
+
+
 # --- the pay-off page ---------------------------------------------------------------------------------
 
 PAYOFF_PAGE = DOCS / "payoff.md"
