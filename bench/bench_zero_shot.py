@@ -51,9 +51,9 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_stamp_folder(folder: str) -> dict:
+def write_stamp_folder(folder: str, caption_of=None) -> dict:
     """Copy every stamp that has a description into ``folder`` (same relative path) with its first
-    line as the caption sidecar; return counts."""
+    line as the caption sidecar (or ``caption_of(relative path, that line)``); return counts."""
     stamps = 0
     distinct = set()
     for path in sorted(glob.glob(os.path.join(TUXPAINT_ROOT, "**", "*.png"), recursive=True)):
@@ -64,7 +64,9 @@ def write_stamp_folder(folder: str) -> dict:
             caption = handle.readline().strip()
         if not caption:
             continue
-        target = os.path.join(folder, os.path.relpath(path, TUXPAINT_ROOT))
+        relative = os.path.relpath(path, TUXPAINT_ROOT)
+        caption = caption_of(relative, caption) if caption_of else caption
+        target = os.path.join(folder, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(path, target)
         with open(os.path.splitext(target)[0] + ".txt", "w", encoding="utf-8") as handle:
