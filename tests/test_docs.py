@@ -693,6 +693,32 @@ def test_the_zero_shot_figures_are_their_results_file():
     assert zero_shot_line() in GRAPH_PAGE.read_text(encoding="utf-8"), zero_shot_line()
 
 
+def noise_concepts_line() -> str:
+    """The sentence docs/engines/graph.md quotes from bench/results-noise-concepts.json."""
+    r = results("results-noise-concepts.json")
+    d, x, p = r["data"], r["results"], r["planted"]
+    shares = sorted(set(p["uniform_share"].values()))
+    marked = ", ".join(f"`{o['synset']}`" for o in x["own"] if o["noise"])
+    return (
+        "Measured on independent data (`bench/bench_noise_concepts.py`, "
+        "`bench/results-noise-concepts.json`): "
+        f"Tux Paint's {d['usable']:,} usable stamps, with words planted in their captions as a scrape's "
+        f"metadata would be. The rule marks {x['uniform_marked']} of {len(x['uniform'])} words planted at "
+        f"random on {int(shares[0] * 100)}-{int(shares[-1] * 100)}% of the stamps "
+        f"({', '.join(p['uniform_share'])}) and {x['grounded_marked']} of {len(x['grounded'])} "
+        "category words "
+        f"planted on their own folder's stamps ({', '.join(p['grounded_folder'])}); of the captions' own "
+        f"concepts with enough samples to test it marks {x['own_marked']} of {x['own_tested']} ({marked})."
+    )
+
+
+def test_the_noise_concept_figures_are_their_results_file():
+    r = results("results-noise-concepts.json")
+    commit = r["meta"]["commit"]
+    assert commit != "unknown" and not commit.endswith("-dirty"), f"written at {commit}"
+    assert noise_concepts_line() in GRAPH_PAGE.read_text(encoding="utf-8"), noise_concepts_line()
+
+
 # --- the pay-off page ---------------------------------------------------------------------------------
 
 PAYOFF_PAGE = DOCS / "payoff.md"

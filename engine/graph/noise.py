@@ -17,7 +17,9 @@ concept as noise (``detect_noise``), on the workspace's own data:
 
 The margin was set by looking at the demo's openclipart concepts (``hash``, ``computer`` and
 ``shape`` under it; ``lemon``, ``icon`` and ``star`` well over), data the embedded default was
-trained on; how well it separates noise on independent data is not measured yet.
+trained on. On independent data (Tux Paint's stamps with planted words, ``bench/bench_noise_concepts.py``,
+docs/engines/graph.md) it marks every word planted at random and no category word planted on its
+own folder's stamps.
 
 The result is the ``noise`` column of the ``concepts`` table (the reason, null for content),
 and recipes stop these concepts unless told otherwise (``[concepts] noise``, ``keep``, ``stop``).
