@@ -2,6 +2,9 @@
 
 ``ConceptMatcher`` turns text into concept ids:
 
+0. **Identifiers out.** A word glued to a parenthesised number, ``hash(0x8a3ecd4)`` (openclipart
+   writes one per upload), is a machine identifier, not the word: it is dropped before matching,
+   so it never becomes a tag (WordNet's only ``hash`` is the food).
 1. **Normalise** both the text and every lemma the same way: NFKC, lower case, possessive
    ``'s`` dropped, other apostrophes removed, then runs of letters and digits as tokens (so
    "T-shirt", "t shirt" and WordNet's ``t-shirt`` all become ``t shirt``).
@@ -65,9 +68,14 @@ _TOKEN = re.compile(r"[^\W_]+")
 
 _ASCII_TOKEN = re.compile(r"[a-z0-9]+")  # the same tokens as _TOKEN on lower-case ASCII text
 
+# "hash(0x8a3ecd4)", "id(1234)": a name glued to a parenthesised (hex) number, step 0 above
+_IDENTIFIER = re.compile(r"\b\w+\(\s*(?:0x)?[0-9a-f]*[0-9][0-9a-f]*\s*\)", re.IGNORECASE)
+
 
 def normalize_tokens(text: str) -> list[str]:
     """Text -> lower-case tokens, the same way for captions and lemmas (module docstring)."""
+    if "(" in text:
+        text = _IDENTIFIER.sub(" ", text)
     ascii_only = text.isascii()
     if not ascii_only:  # NFKC changes nothing in ASCII text; skipping it is the common fast path
         text = unicodedata.normalize("NFKC", text)

@@ -2,7 +2,7 @@
 tags, words spread over unrelated images.
 
 A scraped collection's captions carry words that say nothing about the picture: openclipart's
-keywords hold ``svg``, a ``hash(0x8a3ecd4)`` per upload (WordNet's only ``hash`` is the food),
+keywords hold ``svg``, a ``hash(0x8a3ecd4)`` per upload (now dropped by the matcher as an identifier),
 uploader names and category folders (``computer`` on every button). Balancing on them wastes the
 budget on a word, and a manifest's ``Concepts:`` line teaches the model nothing. Two tests mark a
 concept as noise (``detect_noise``), on the workspace's own data:

@@ -85,6 +85,17 @@ def test_function_words_and_abbreviations_never_tag(matcher, graph):
     ]
 
 
+def test_an_upload_identifier_is_not_the_food_it_spells(matcher, graph):
+    # openclipart writes "hash(0x...)" per upload: an identifier, not a dish of chopped meat
+    assert tags_of(matcher, graph, "Lemon: fruit, hash(0x8a3ecd4), lemon") == [
+        "lemon.n.01",
+        "fruit.n.01",
+        "lemon.n.01",
+    ]
+    assert "hash.n.01" in tags_of(matcher, graph, "hash and eggs for breakfast")  # the dish stays
+    assert "duck.n.01" in tags_of(matcher, graph, "Duck (Yellow): cartoon, duck")  # words in brackets too
+
+
 @pytest.mark.parametrize("caption", ["一只彩虹吸蜜鹦鹉", "河岸上的银行", "虹色のインコ", "무지개 앵무새", ""])
 def test_cjk_and_empty_captions_do_not_crash(matcher, caption):
     assert matcher.match(caption) == []
