@@ -148,18 +148,21 @@ def summarize(ws: Workspace, plan: ShardPlan, shards_run: int, duplicates: int) 
     )
 
 
-def run_tagging(ws: Workspace, progress: bool | None) -> TagSummary | None:
-    """Tag the workspace unless its tags are up to date or the graph extra is not installed.
+def run_tagging(ws: Workspace, progress: bool | None, num_cpus: int | None = None) -> TagSummary | None:
+    """Tag the workspace unless its tags are up to date or the graph extra is not installed; the
+    per-shard passes on Ray for a large workspace or a cluster (``pipelines.tag_job``).
 
     CLIP zero-shot tags use the workspace's active model (``engine.embedding_models``).
     """
     try:
-        from engine.graph.tagging import TagConfig, tag_workspace, tags_up_to_date
+        from engine.graph.tagging import TagConfig, tags_up_to_date
     except ImportError:  # networkx comes with the [all] extra; a core install curates without tags
         return None
+    from pipelines.tag_job import run_tag_job
+
     if tags_up_to_date(ws):
         return None
-    return tag_workspace(ws, config=TagConfig(), progress=progress)
+    return run_tag_job(ws, TagConfig(), progress=progress, num_cpus=num_cpus)
 
 
 def run_curate(
@@ -214,7 +217,7 @@ def run_curate(
         index_and_dedup(ws, device=device)
     if tag:  # a global step: the graph grows with all the captions
         with step_progress("tag", show=progress):
-            summary.tagging = run_tagging(ws, progress)
+            summary.tagging = run_tagging(ws, progress, num_cpus)
     with step_progress("catalog", show=progress):
         summary.catalog = refresh_catalog(ws)
     return summary

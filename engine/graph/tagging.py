@@ -2,13 +2,18 @@
 
 ``tag_workspace`` runs the passes in order (``engine.graph.mining`` for new concepts,
 ``engine.graph.matching`` for text tags, ``engine.graph.zero_shot`` for CLIP tags) and writes the
-``tags`` table and the workspace's concept tables (``engine.graph.concept_graph``).
+``tags`` table and the workspace's concept tables (``engine.graph.concept_graph``). The two passes
+over the captions are maps over shards (``summarise_shard``, ``tag_shard``) with small reduces
+between them, so they run in this process or on a Ray cluster's actors (``ShardMap``) with the
+same result.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +49,16 @@ from engine.graph.mining import (
 )
 from engine.graph.noise import detect_noise
 from engine.graph.zero_shot import clip_tags, load_clip_embedder
+
+# How the per-shard passes run: shard_map(fn, shared, items, desc, show) returns [fn(shared, item)
+# for item in items], in item order. ``local_map`` loops in this process; on a Ray cluster
+# ``pipelines.tag_job.ray_shard_map`` runs them on actors that receive ``shared`` (the matcher) once.
+ShardMap = Callable[[Callable, dict, list, str, bool], list]
+
+
+def local_map(fn: Callable, shared: dict, items: list, desc: str, show: bool) -> list:
+    """The shard map of one process (``ShardMap``)."""
+    return [fn(shared, item) for item in tqdm(items, desc=desc, unit="shard", disable=not show)]
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,7 @@ def tag_workspace(
     graph_config: GraphConfig | None = None,
     config: TagConfig | None = None,
     progress: bool | None = None,
+    shard_map: ShardMap = local_map,
 ) -> TagSummary:
     """Tag every usable sample's caption (and OCR text) with concepts; write ``tags`` and the graph.
 
@@ -121,6 +137,7 @@ def tag_workspace(
     On a workspace tagged before, each pass redoes only the shards whose result can differ
     (``engine.graph.tag_state``): a grown workspace is summarised and tagged for its new shards,
     and old ones only where a newly mined term appears or the zero-shot labels changed.
+    ``shard_map`` runs the per-shard passes (``ShardMap``; default: in this process).
     """
     started = time.perf_counter()
     graph_config = graph_config or GraphConfig()
@@ -132,7 +149,7 @@ def tag_workspace(
     show = sys.stderr.isatty() if progress is None else progress
     summary = TagSummary()
     settings = tag_state.digest([tag_state.VERSION, asdict(graph_config), _data_stamp()])
-    summaries = summarise_shards(ws, shards, matcher, settings, summary, show)
+    summaries = summarise_shards(ws, shards, matcher, settings, summary, show, shard_map)
     signatures = [s for text_summary in summaries.values() for s in text_summary.signatures]
     terms, fold = mine_terms(signatures, config)
     embedder, summary.clip_skipped = load_clip_embedder(ws, config.embedder) if config.clip else (None, "off")
@@ -142,7 +159,8 @@ def tag_workspace(
     mined = tag_state.matcher_terms(attached, fold)
     matcher_hash = tag_state.digest([settings, mined])
     tag_state.save_matcher(ws, matcher_hash, mined)
-    vocabulary = tag_shards(ws, shards, matcher, summaries, (matcher_hash, mined, settings), summary, show)
+    grown = (matcher_hash, mined, settings)
+    vocabulary = tag_shards(ws, shards, matcher, summaries, grown, summary, show, shard_map)
     clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
     noise = detect_noise(ws, graph, shards, embedder)
     summary.noise = sorted(graph.nodes[c]["synset"] for c in noise)
@@ -157,22 +175,33 @@ def _data_stamp() -> list:
 
 
 def summarise_shards(
-    ws, shards: list[str], matcher: ConceptMatcher, settings: str, summary: TagSummary, show: bool
+    ws,
+    shards: list[str],
+    matcher: ConceptMatcher,
+    settings: str,
+    summary: TagSummary,
+    show: bool,
+    shard_map: ShardMap = local_map,
 ) -> dict[str, tag_state.TextSummary]:
     """Every shard's text summary: the kept one while its samples and OCR files are unchanged, else
     read from the shard (with ``matcher`` the base matcher) and kept."""
-    lexicon = load_lexicon()
-    summaries = {}
-    for shard_id in tqdm(shards, desc="tag: mine", unit="shard", disable=not show):
-        key = f"{settings};{tag_state.input_stamp(ws, ('samples', 'ocr'), shard_id)}"
-        kept = tag_state.read_text_summary(ws, shard_id, key)
-        if kept is None:
-            _, captions, ocr = shard_texts(ws, shard_id)
-            kept = tag_state.summarise_texts(matcher, captions, ocr.values(), lexicon)
-            tag_state.write_text_summary(ws, shard_id, kept, key)
-            summary.shards_read += 1
-        summaries[shard_id] = kept
-    return summaries
+    shared = {"ws": ws, "matcher": matcher, "settings": settings}
+    results = shard_map(summarise_shard, shared, shards, "tag: mine", show)
+    summary.shards_read += sum(made for _, made in results)
+    return {shard_id: text_summary for shard_id, (text_summary, _) in zip(shards, results, strict=True)}
+
+
+def summarise_shard(shared: dict, shard_id: str) -> tuple[tag_state.TextSummary, bool]:
+    """One shard's text summary and whether it was made now (False: the kept one was still right)."""
+    ws = shared["ws"]
+    key = f"{shared['settings']};{tag_state.input_stamp(ws, ('samples', 'ocr'), shard_id)}"
+    kept = tag_state.read_text_summary(ws, shard_id, key)
+    if kept is not None:
+        return kept, False
+    _, captions, ocr = shard_texts(ws, shard_id)
+    kept = tag_state.summarise_texts(shared["matcher"], captions, ocr.values(), load_lexicon())
+    tag_state.write_text_summary(ws, shard_id, kept, key)
+    return kept, True
 
 
 def mine_terms(signatures: list, config: TagConfig) -> tuple[dict[str, int], dict[str, str]]:
@@ -221,36 +250,64 @@ def tag_shards(
     grown: tuple,
     summary: TagSummary,
     show: bool,
+    shard_map: ShardMap = local_map,
 ) -> set[int]:
     """Write each shard's caption and OCR tags (where the grown matcher can tag it differently from
     the one its tags were written with); returns the concepts they use (the zero-shot labels).
 
     ``grown`` is (the grown matcher's hash, its mined terms, the settings of the summaries)."""
-    matcher_hash, mined, settings = grown
+    shared = {"ws": ws, "matcher": matcher, "grown": grown}
+    items = [(shard_id, summaries[shard_id]) for shard_id in shards]
     vocabulary: set[int] = set()
-    for shard_id in tqdm(shards, desc="tag", unit="shard", disable=not show):
-        text_summary = summaries[shard_id]
-        has_tags = ws.has_shard("tags", shard_id)
-        if tag_state.needs_retag(ws, text_summary, matcher_hash, mined, has_tags):
-            sample_ids, captions, ocr = shard_texts(ws, shard_id)
-            rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
-            ocr_ids = sorted(ocr)
-            rows += tag_texts(matcher, ocr_ids, [ocr[s] for s in ocr_ids], SOURCE_OCR)
-            ws.write_shard("tags", shard_id, tags_table(rows, schema.TAGS))
-            summary.shards_tagged += 1
-        else:
-            rows = [r for r in ws.read_shard("tags", shard_id).to_pylist() if r["source"] != SOURCE_CLIP]
-        if text_summary.matcher != matcher_hash:  # the shard's text tags now stand for this matcher
-            text_summary.matcher = matcher_hash
-            key = f"{settings};{tag_state.input_stamp(ws, ('samples', 'ocr'), shard_id)}"
-            tag_state.write_text_summary(ws, shard_id, text_summary, key)
-        vocabulary.update(r["concept_id"] for r in rows)
-        summary.samples += text_summary.samples
-        summary.tagged_samples += len({r["sample_id"] for r in rows})
-        summary.tags += len(rows)
-        for r in rows:
-            summary.by_source[r["source"]] = summary.by_source.get(r["source"], 0) + 1
+    for shard in shard_map(tag_shard, shared, items, "tag", show):
+        vocabulary |= shard.vocabulary
+        summary.shards_tagged += shard.written
+        summary.samples += shard.samples
+        summary.tagged_samples += shard.tagged_samples
+        summary.tags += shard.tags
+        for source, n in shard.by_source.items():
+            summary.by_source[source] = summary.by_source.get(source, 0) + n
     return vocabulary
+
+
+@dataclass
+class ShardTags:
+    """What ``tag_shard`` did to one shard (summed into the ``TagSummary``)."""
+
+    vocabulary: set[int]  # the concepts its text tags use
+    samples: int
+    tagged_samples: int
+    tags: int
+    by_source: dict[str, int]
+    written: bool  # its tags were written now (False: still right)
+
+
+def tag_shard(shared: dict, item: tuple) -> ShardTags:
+    """Tag one shard (``item``: its id and text summary) with the grown matcher, where needed."""
+    ws, matcher = shared["ws"], shared["matcher"]
+    matcher_hash, mined, settings = shared["grown"]
+    shard_id, text_summary = item
+    written = tag_state.needs_retag(ws, text_summary, matcher_hash, mined, ws.has_shard("tags", shard_id))
+    if written:
+        sample_ids, captions, ocr = shard_texts(ws, shard_id)
+        rows = tag_texts(matcher, sample_ids, captions, SOURCE_CAPTION)
+        ocr_ids = sorted(ocr)
+        rows += tag_texts(matcher, ocr_ids, [ocr[s] for s in ocr_ids], SOURCE_OCR)
+        ws.write_shard("tags", shard_id, tags_table(rows, schema.TAGS))
+    else:
+        rows = [r for r in ws.read_shard("tags", shard_id).to_pylist() if r["source"] != SOURCE_CLIP]
+    if text_summary.matcher != matcher_hash:  # the shard's text tags now stand for this matcher
+        text_summary.matcher = matcher_hash
+        key = f"{settings};{tag_state.input_stamp(ws, ('samples', 'ocr'), shard_id)}"
+        tag_state.write_text_summary(ws, shard_id, text_summary, key)
+    return ShardTags(
+        vocabulary={r["concept_id"] for r in rows},
+        samples=text_summary.samples,
+        tagged_samples=len({r["sample_id"] for r in rows}),
+        tags=len(rows),
+        by_source=dict(Counter(r["source"] for r in rows)),
+        written=written,
+    )
 
 
 def tags_up_to_date(ws) -> bool:

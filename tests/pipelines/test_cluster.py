@@ -27,6 +27,7 @@ from engine.profiling.plan import load_plans
 from engine.workspace import Workspace
 from pipelines.runtime import SHIP_CODE_ENV, WORKER_DIED, ray_session
 from tests.data import write_noise_folder
+from tests.engine.graph.test_tagging import tag_files
 from tests.ray_cluster import LocalCluster, PoisonStage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -182,6 +183,9 @@ def test_cluster_run_equals_the_single_process_run(cluster, case_folder, tmp_pat
     for table in ("samples", "signals"):
         assert table_rows(remote, table) == table_rows(local, table), table
     assert Workspace(remote).list_shards("samples") == Workspace(local).list_shards("samples")
+    # tagging ran its per-shard passes on the cluster (RAY_ADDRESS set: pipelines.tag_job): same bytes
+    tags = tag_files(remote)
+    assert tags == tag_files(local) and any(str(p).startswith("tags") for p in tags)
 
 
 def test_ray_job_submit_runs_the_curate_job_on_the_cluster(cluster, case_folder, tmp_path, monkeypatch):
