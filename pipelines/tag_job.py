@@ -3,15 +3,16 @@
 Tagging reads every caption twice (a summary per shard for mining new concepts, then the tags per
 shard with the grown matcher); between the passes sit small reduces (term counts, attachment).
 ``ray_shard_map`` is the ``ShardMap`` that runs a pass on ``pipelines.runtime.map_shards``'s
-actors: the shared state (the workspace handle and the concept matcher, ~25 MB pickled) goes into
+actors: the shared state (the workspace handle and the concept matcher, ~22 MiB pickled) goes into
 the object store once and each actor reads it once, then tags shard after shard, writing its
 ``tags`` shard itself (atomic writes, so a shard redone after a lost node is written whole, once).
 The driver keeps only the per-shard summaries. The result is the one-process result: the passes
 are the same functions, and their outputs are put back in shard order.
 
 ``run_tag_job`` is what the curate job calls: on Ray when ``RAY_ADDRESS`` is set (a cluster) or the
-workspace has at least ``RAY_MIN_SHARDS`` shards (a local Ray pays ~10 s to start and ~1 s per
-actor to load the matcher, which a few shards do not earn back), else in this process.
+workspace has at least ``RAY_MIN_SHARDS`` shards (a local Ray's start and its actors' matcher loads
+cost ~8 s, which the ~42 ms a shard of one-process tagging does not earn back on a small
+workspace: docs/benchmarks.md, "Global steps on Ray"), else in this process.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from collections.abc import Callable
 
 from pipelines.runtime import map_shards, ray_session
 
-RAY_MIN_SHARDS = 32  # shards (of 256 records) from which a local Ray is worth starting for tagging
+# Shards (of 256 records) from which a local Ray is worth starting for tagging: at 196 shards one
+# process took 8 s and a 2-CPU local Ray 15 s (bench/results-global.json); from 1,024 the ~40 s
+# of one-process passes can earn back Ray's start on two cores
+RAY_MIN_SHARDS = 1024
 
 
 class SharedFnWorker:

@@ -536,6 +536,25 @@ def threads_rows() -> list[str]:
     return rows
 
 
+def global_rows() -> list[str]:
+    """The tagging rows of "Global steps on Ray", from bench/results-global.json."""
+    r = results("results-global.json")
+    assert r["same_output"] and not r["meta"]["commit"].endswith("-dirty")
+    rows = []
+    for run in r["runs"]:
+        cpus = run["mode"].removeprefix("ray-")
+        name = (
+            "one process (`tag_workspace`)"
+            if run["mode"] == "local"
+            else f"local Ray, {cpus} CPU{'' if cpus == '1' else 's'} (`run_tag_job`)"
+        )
+        rows.append(
+            f"| {name} | {run['wall_s']:.1f} | {run['max_process_rss_gib']:.2f} | {run['tree_pss_gib']:.2f} "
+            f"| {run['tags']:,} | {run['digest'][:12]} |"
+        )
+    return [*rows, f"tags {r['captions']:,} distinct captions", f"{r['shards']} shards of 256"]
+
+
 def scale_figures() -> list[str]:
     """The scale section's prose figures (its tables: tests/test_bench_scale.py)."""
     r = results("results-scale.json")
@@ -570,6 +589,7 @@ SECTIONS: dict[str, Callable[[], list[str]]] = {
     "Explorer page": samples_page_rows,
     "REST service under 64 concurrent clients": api_rows,
     "Scale: 50,000 pairs end to end": scale_figures,
+    "Global steps on Ray: tagging": global_rows,
     "S3-DiT training step against diffusers": s3dit_rows,
     "S3-DiT trainer: torch threads": threads_rows,
 }
