@@ -1,13 +1,16 @@
 """Tagging on Ray: the per-shard passes of ``engine.graph.tagging`` on a pool of actors.
 
 Tagging reads every caption twice (a summary per shard for mining new concepts, then the tags per
-shard with the grown matcher); between the passes sit small reduces (term counts, attachment).
+shard with the grown matcher), then searches every shard's image vectors for zero-shot candidates;
+between the passes sit small reduces (term counts, attachment, the calibrated threshold).
 ``ray_shard_map`` is the ``ShardMap`` that runs a pass on ``pipelines.runtime.map_shards``'s
 actors: the shared state (the workspace handle and the concept matcher, ~22 MiB pickled) goes into
-the object store once and each actor reads it once, then tags shard after shard, writing its
+the object store once and each actor reads it once, then takes shard after shard, writing its
 ``tags`` shard itself (atomic writes, so a shard redone after a lost node is written whole, once).
-The driver keeps only the per-shard summaries. The result is the one-process result: the passes
-are the same functions, and their outputs are put back in shard order.
+The driver keeps the per-shard summaries and, for the zero-shot threshold, every shard's candidates
+(``clip_top_k`` per image: the part of tagging that still grows with the pool in one process). The
+result is the one-process result: the passes are the same functions, their outputs put back in
+shard order.
 
 ``run_tag_job`` is what the curate job calls: on Ray when ``RAY_ADDRESS`` is set (a cluster) or the
 workspace has at least ``RAY_MIN_SHARDS`` shards (a local Ray's start and its actors' matcher loads

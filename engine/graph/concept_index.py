@@ -80,6 +80,22 @@ class ConceptIndex:
         ids = np.where(rows >= 0, self.concept_ids[np.maximum(rows, 0)], -1)
         return scores, ids
 
+    def __getstate__(self) -> dict:
+        """Pickled as the index's bytes (a FAISS object does not pickle): Ray sends it to actors."""
+        import faiss
+
+        return {
+            "concept_ids": self.concept_ids,
+            "index": faiss.serialize_index(self.index),
+            "model_id": self.model_id,
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        import faiss
+
+        self.concept_ids, self.model_id = state["concept_ids"], state["model_id"]
+        self.index = faiss.deserialize_index(state["index"])
+
 
 def build_concept_index(graph, concept_ids, embedder, ws=None) -> ConceptIndex:
     """Embed the given concepts' texts (cached in ``ws`` when given) into a FAISS index."""

@@ -161,7 +161,7 @@ def tag_workspace(
     tag_state.save_matcher(ws, matcher_hash, mined)
     grown = (matcher_hash, mined, settings)
     vocabulary = tag_shards(ws, shards, matcher, summaries, grown, summary, show, shard_map)
-    clip_tags(ws, graph, shards, vocabulary, embedder, config, summary)
+    clip_tags(ws, graph, shards, vocabulary, embedder, config, summary, shard_map)
     noise = detect_noise(ws, graph, shards, embedder)
     summary.noise = sorted(graph.nodes[c]["synset"] for c in noise)
     summary.concepts = write_workspace_graph(ws, graph, graph_config, noise)

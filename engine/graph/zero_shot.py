@@ -44,16 +44,19 @@ def load_clip_embedder(ws, embedder_spec: str | None) -> tuple[object | None, st
     return embedder, ""
 
 
-def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summary) -> None:
+def clip_tags(ws, graph, shards, vocabulary, embedder, config: TagConfig, summary, shard_map) -> None:
     """Zero-shot ``clip`` tags for every sample with an image vector (``engine.graph.concept_index``),
     added to the text tags; rewrites each tags shard whose rows changed (every shard's old clip
     tags go when ``embedder`` is None).
 
     A shard's candidates are kept (``engine.graph.tag_state``) and searched again only when the
-    model, the label set or its vectors changed; the threshold is calibrated over all of them."""
+    model, the label set or its vectors changed (one ``search_shard`` per shard, run by ``shard_map``:
+    ``engine.graph.tagging.ShardMap``); the threshold is calibrated over all of them."""
     from engine.graph.concept_graph import ancestor_distances
 
-    candidates = search_shards(ws, shards, vocabulary, graph, embedder, config, summary) if embedder else {}
+    candidates = (
+        search_shards(ws, shards, vocabulary, graph, embedder, config, summary, shard_map) if embedder else {}
+    )
     ancestors = ancestor_distances(graph) if candidates else {}
     all_scores, all_confirmed, all_halves = [], [], []
     for shard_id, shard_candidates in candidates.items():
@@ -105,35 +108,45 @@ def text_rows(ws, shard_id: str) -> list[dict]:
     return [r for r in table.to_pylist() if r["source"] != SOURCE_CLIP]
 
 
-def search_shards(ws, shards, vocabulary, graph, embedder, config: TagConfig, summary) -> dict[str, list]:
+def search_shards(
+    ws, shards, vocabulary, graph, embedder, config: TagConfig, summary, shard_map
+) -> dict[str, list]:
     """shard -> its zero-shot candidates (sample, concept, cosine): the ``clip_top_k`` nearest
-    labels of each image vector, kept or searched."""
+    labels of each image vector, kept or searched (``search_shard``, run by ``shard_map``)."""
     from engine.graph import tag_state
     from engine.graph.concept_index import build_concept_index
-    from engine.vectors.embedder import vectors
 
     index = build_concept_index(graph, vocabulary, embedder, ws)
     labels = tag_state.digest([embedder.model_id, config.clip_top_k, index.concept_ids.tolist()])
+    shared = {"ws": ws, "index": index, "labels": labels, "top_k": config.clip_top_k}
     out = {}
-    for shard_id in shards:
-        if not ws.has_shard("embeddings", shard_id):
-            continue
-        key = f"{labels};{tag_state.input_stamp(ws, ('embeddings',), shard_id)}"
-        kept = tag_state.read_candidates(ws, shard_id, key)
-        if kept is None:
-            table = ws.read_shard("embeddings", shard_id).select(["sample_id", "image_vec"])
-            table = table.filter(pc.is_valid(table["image_vec"]))
-            kept = []
-            if table.num_rows:
-                scores, ids = index.search(vectors(table["image_vec"]), config.clip_top_k)
-                for i, sample_id in enumerate(table["sample_id"].to_pylist()):
-                    kept += [
-                        (sample_id, c, s)
-                        for s, c in zip(scores[i].tolist(), ids[i].tolist(), strict=True)
-                        if c >= 0
-                    ]
-            tag_state.write_candidates(ws, shard_id, kept, key)
-            summary.shards_searched += 1
+    results = shard_map(search_shard, shared, shards, "tag: clip", False)
+    for shard_id, (kept, searched) in zip(shards, results, strict=True):
+        summary.shards_searched += searched
         if kept:
             out[shard_id] = kept
     return out
+
+
+def search_shard(shared: dict, shard_id: str) -> tuple[list, bool]:
+    """(a shard's zero-shot candidates, whether they were searched now: False when kept)."""
+    from engine.graph import tag_state
+    from engine.vectors.embedder import vectors
+
+    ws = shared["ws"]
+    if not ws.has_shard("embeddings", shard_id):
+        return [], False
+    key = f"{shared['labels']};{tag_state.input_stamp(ws, ('embeddings',), shard_id)}"
+    kept = tag_state.read_candidates(ws, shard_id, key)
+    if kept is not None:
+        return kept, False
+    table = ws.read_shard("embeddings", shard_id).select(["sample_id", "image_vec"])
+    table = table.filter(pc.is_valid(table["image_vec"]))
+    kept = []
+    if table.num_rows:
+        scores, ids = shared["index"].search(vectors(table["image_vec"]), shared["top_k"])
+        for i, sample_id in enumerate(table["sample_id"].to_pylist()):
+            pairs = zip(scores[i].tolist(), ids[i].tolist(), strict=True)
+            kept += [(sample_id, c, s) for s, c in pairs if c >= 0]
+    tag_state.write_candidates(ws, shard_id, kept, key)
+    return kept, True

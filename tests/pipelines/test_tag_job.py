@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from engine.graph.tagging import tag_workspace
+from engine.workspace import Workspace
 from pipelines.tag_job import run_tag_job, use_ray
 from tests.engine.graph.test_tagging import (
     HAND_WRITTEN,
@@ -34,3 +37,31 @@ def test_tagging_on_ray_writes_what_one_process_writes(tmp_path):
     # a rerun on Ray finds every shard's tags still right and writes nothing
     again = run_tag_job(on_ray, progress=False, num_cpus=2, on_ray=True)
     assert again.shards_read == 0 and again.shards_tagged == 0 and tag_files(on_ray.root) == files
+
+
+@pytest.mark.slow
+def test_zero_shot_tags_on_ray_are_the_one_process_tags(tmp_path):
+    """With image vectors (the embed stage on real openclipart images), the zero-shot search runs per
+    shard on the actors too (the concept index sent once): same tags, same threshold."""
+    from engine.profiling.source import load_source
+    from pipelines.curate import run_curate
+    from pipelines.stages import EmbedStage
+
+    local = Workspace(str(tmp_path / "local"))
+    curated = run_curate(
+        load_source("openclipart"),
+        local,
+        limit=96,
+        shard_size=32,
+        num_cpus=2,
+        image_stages=[EmbedStage()],
+        tag=False,
+    )
+    assert curated.ok > 80
+    on_ray = Workspace(shutil.copytree(local.root, str(tmp_path / "ray")))
+    expected = tag_workspace(local, progress=False)
+    summary = run_tag_job(on_ray, progress=False, num_cpus=2, on_ray=True)
+    assert summary.clip_skipped == "" and summary.by_source.get("clip", 0) > 0
+    assert summary.shards_searched == expected.shards_searched == len(local.list_shards("samples"))
+    assert (summary.clip_threshold, summary.by_source) == (expected.clip_threshold, expected.by_source)
+    assert tag_files(on_ray.root) == tag_files(local.root)
