@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_zero_shot import REPO, TUXPAINT_ROOT, git_commit, write_stamp_folder
+from bench_zero_shot import REPO, TUXPAINT_ROOT, curate_stamps, run_meta, write_report
 
 sys.path.insert(0, str(REPO))
 
@@ -138,25 +136,11 @@ def main() -> None:
 
     from engine.graph.noise import MARGIN, MIN_SAMPLES
     from engine.graph.tagging import TagConfig, tag_workspace
-    from engine.profiling.source import load_source
-    from engine.workspace import Workspace
-    from pipelines.curate import run_curate
-    from pipelines.stages import build_image_stages
 
     started = time.perf_counter()
     caption_of, planted = planter(args.seed)
     with tempfile.TemporaryDirectory(prefix="zcurate-bench-noise-") as scratch:
-        tmp = args.keep or scratch
-        folder, ws = os.path.join(tmp, "stamps"), Workspace(os.path.join(tmp, "ws"))
-        data = write_stamp_folder(folder, caption_of)
-        curated = run_curate(
-            load_source(folder),
-            ws,
-            num_cpus=args.num_cpus,
-            progress=False,
-            image_stages=build_image_stages(["embed"], device="cpu"),
-            tag=False,
-        )
+        ws, data, curated = curate_stamps(args.keep or scratch, args.num_cpus, caption_of)
         s = tag_workspace(ws, config=TagConfig(), progress=False)
         if s.clip_skipped:
             raise SystemExit(f"tagging ran without image vectors: {s.clip_skipped}")
@@ -166,21 +150,9 @@ def main() -> None:
         "planted": {"uniform_share": UNIFORM, "grounded_folder": GROUNDED, "seed": args.seed},
         "rule": {"margin": MARGIN, "min_samples": MIN_SAMPLES},
         "results": measured,
-        "meta": {
-            "command": "bench/bench_noise_concepts.py " + " ".join(sys.argv[1:]),
-            "commit": git_commit(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "seconds": round(time.perf_counter() - started, 1),
-        },
+        "meta": run_meta("bench_noise_concepts.py", started),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        tmp_path = args.output + ".tmp"
-        with open(tmp_path, "w") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp_path, args.output)
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,44 @@ def write_stamp_folder(folder: str, caption_of=None) -> dict:
     return {"stamps": stamps, "distinct_captions": len(distinct)}
 
 
+def curate_stamps(root: str, num_cpus: int, caption_of=None) -> tuple:
+    """(workspace, folder counts, curate summary): the stamps written under ``root/stamps`` and
+    curated into ``root/ws`` the user's way (ingest, profile, embed on a local Ray; no tags yet)."""
+    from engine.profiling.source import load_source
+    from engine.workspace import Workspace
+    from pipelines.curate import run_curate
+    from pipelines.stages import build_image_stages
+
+    folder, ws = os.path.join(root, "stamps"), Workspace(os.path.join(root, "ws"))
+    data = write_stamp_folder(folder, caption_of)
+    stages = build_image_stages(["embed"], device="cpu")
+    curated = run_curate(
+        load_source(folder), ws, num_cpus=num_cpus, progress=False, image_stages=stages, tag=False
+    )
+    return ws, data, curated
+
+
+def run_meta(script: str, started: float) -> dict:
+    """The results file's ``meta``: command, commit, machine, seconds."""
+    return {
+        "command": f"bench/{script} " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_report(report: dict, output: str | None) -> None:
+    """Print the report; write it to ``output`` (atomically) when given."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    if output:
+        with open(output + ".tmp", "w") as handle:
+            handle.write(text + "\n")
+        os.replace(output + ".tmp", output)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -88,24 +126,11 @@ def main() -> None:
         raise SystemExit(f"{TUXPAINT_ROOT} is missing: apt-get install tuxpaint-stamps-default")
 
     from engine.graph.tagging import TagConfig, tag_workspace
-    from engine.profiling.source import load_source
     from engine.vectors.model_specs import load_embedder
-    from engine.workspace import Workspace
-    from pipelines.curate import run_curate
-    from pipelines.stages import build_image_stages
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zcurate-bench-zero-shot-") as tmp:
-        folder, ws = os.path.join(tmp, "stamps"), Workspace(os.path.join(tmp, "ws"))
-        data = write_stamp_folder(folder)
-        curated = run_curate(
-            load_source(folder),
-            ws,
-            num_cpus=args.num_cpus,
-            progress=False,
-            image_stages=build_image_stages(["embed"], device="cpu"),
-            tag=False,
-        )
+        ws, data, curated = curate_stamps(tmp, args.num_cpus)
         config = TagConfig()  # the embedded default embedder, the default rule
         s = tag_workspace(ws, config=config, progress=False)
     if s.clip_skipped:
@@ -132,21 +157,9 @@ def main() -> None:
             "tagged_samples": s.tagged_samples,
             "concepts": s.concepts,
         },
-        "meta": {
-            "command": "bench/bench_zero_shot.py " + " ".join(sys.argv[1:]),
-            "commit": git_commit(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "seconds": round(time.perf_counter() - started, 1),
-        },
+        "meta": run_meta("bench_zero_shot.py", started),
     }
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.output:
-        tmp_path = args.output + ".tmp"
-        with open(tmp_path, "w") as handle:
-            handle.write(text + "\n")
-        os.replace(tmp_path, args.output)
+    write_report(report, args.output)
 
 
 if __name__ == "__main__":
