@@ -44,6 +44,14 @@ def tag(
     embedder: Annotated[
         str | None, typer.Option(help="The embedder spec that made the embeddings (as for 'zcurate embed').")
     ] = None,
+    ray: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Run the per-shard passes on Ray (default: with RAY_ADDRESS set, or from 1,024 shards).",
+        ),
+    ] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of a local Ray (default: all).")] = None,
 ) -> None:
     """Tag every usable sample with concepts (caption and OCR text) and rebuild the workspace graph.
 
@@ -52,12 +60,14 @@ def tag(
     concept_coverage views.
     """
     from engine.catalog import refresh_catalog
-    from engine.graph.tagging import TagConfig, tag_workspace
+    from engine.graph.tagging import TagConfig
+    from pipelines.tag_job import run_tag_job
 
     ws = open_workspace(workspace)
     if min_mined < 1:
         fail("--min-mined must be positive")
-    summary = tag_workspace(ws, config=TagConfig(min_mined_samples=min_mined, clip=clip, embedder=embedder))
+    config = TagConfig(min_mined_samples=min_mined, clip=clip, embedder=embedder)
+    summary = run_tag_job(ws, config, num_cpus=num_cpus, on_ray=ray)
     refresh_catalog(ws)
     out.print(
         f"tagged {summary.tagged_samples} of {summary.samples} samples: {summary.tags} tags "
