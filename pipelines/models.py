@@ -75,9 +75,11 @@ def use_model(ws: Workspace, which: str, progress=None, force: bool = False) -> 
 def retag(ws: Workspace, progress=None):
     """Tag every sample again (zero-shot tags from the active model); None without the graph extra."""
     try:
-        from engine.graph.tagging import TagConfig, tag_workspace
+        from engine.graph.tagging import TagConfig
     except ImportError:  # networkx comes with the [all] extra
         return None
+    from pipelines.tag_job import run_tag_job
+
     if not ws.list_shards("samples"):
         return None
-    return tag_workspace(ws, config=TagConfig(), progress=progress)
+    return run_tag_job(ws, TagConfig(), progress=progress)  # on Ray where the tag job would be
