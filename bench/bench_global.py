@@ -11,6 +11,7 @@ the step gets its own copy of the workspace and its own Python process (``--one`
 * ``ray-K``: ``pipelines.tag_job.run_tag_job`` on a local Ray of K CPUs (K actors, the matcher
   sent to each once).
 
+The pickled size of the concept matcher (what each actor receives) is recorded beside them.
 Per run: wall seconds, the peak resident memory of the largest process and the peak PSS summed
 over the run's process tree (sampled each 0.5 s), and a digest of every ``tags`` and concept file,
 which must be the same for every run (the results file says whether it is). On this 2-core
@@ -24,6 +25,7 @@ import argparse
 import hashlib
 import json
 import os
+import pickle
 import platform
 import shutil
 import subprocess
@@ -159,10 +161,14 @@ def main() -> None:
         return
     from bench_tagging import load_captions
 
-    from engine.graph.concept_graph import load_graph
+    from engine.graph.concept_graph import GraphConfig, load_graph, prune_graph
+    from engine.graph.matching import build_matcher
 
     started = time.perf_counter()
-    captions = load_captions(load_graph())[: args.n]
+    graph = load_graph()
+    captions = load_captions(graph)[: args.n]
+    matcher = build_matcher(graph, set(prune_graph(graph, GraphConfig()).kept))
+    matcher_mib = len(pickle.dumps(matcher, protocol=pickle.HIGHEST_PROTOCOL)) / 2**20  # what Ray ships
     runs = []
     with tempfile.TemporaryDirectory(prefix="zcurate-bench-global-") as tmp:
         write_workspace(os.path.join(tmp, "base"), captions)
@@ -180,6 +186,7 @@ def main() -> None:
         "step": "tag",
         "captions": len(captions),
         "shards": -(-len(captions) // SHARD),
+        "matcher_pickle_mib": round(matcher_mib, 1),
         "runs": runs,
         "same_output": len({r["digest"] for r in runs}) == 1,
         "meta": {
