@@ -286,3 +286,31 @@ def test_ship_code_sends_this_checkout_to_the_workers(cluster, monkeypatch, tmp_
     finally:
         cluster.kill_node(bare)
     assert all("runtime_resources/py_modules_files" in p for p in paths), paths
+
+
+def test_a_worker_node_killed_mid_tagging_loses_nothing(tmp_path):
+    """`zcurate tag` on a three-node cluster (RAY_ADDRESS set: the tag job's passes on the actors);
+    the third node is SIGKILLed while its actor works: the job finishes on the two left, and the
+    tags are the bytes a one-process run writes (each shard's file written whole, once)."""
+    from engine.graph.tagging import TagConfig, tag_workspace
+    from tests.engine.graph.test_tagging import openclipart_captions, write_caption_workspace
+
+    captions = openclipart_captions(2400)
+    local, remote = str(tmp_path / "local"), str(tmp_path / "cluster")
+    for root in (local, remote):
+        write_caption_workspace(root, captions, shard_size=8)  # 300 shards: seconds of work per pass
+    tag_workspace(Workspace(local), config=TagConfig(clip=False), progress=False)
+    with LocalCluster() as cluster:
+        cluster.start_head(num_cpus=1)
+        cluster.add_worker("worker_node", num_cpus=1)
+        doomed = cluster.add_worker("doomed_node", num_cpus=1)
+        job = zcurate_on(cluster, "tag", "-w", remote, "--no-clip")
+        try:
+            wait_until_busy(doomed, job)
+            cluster.kill_node(doomed)
+            _, err = job.communicate(timeout=300)
+        finally:
+            job.kill()
+    assert job.returncode == 0, err[-3000:]
+    assert "trying them again" in err  # the dead node's shards came back through a retry round
+    assert tag_files(remote) == tag_files(local)
