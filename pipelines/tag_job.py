@@ -4,8 +4,9 @@ Tagging reads every caption twice (a summary per shard for mining new concepts, 
 shard with the grown matcher), then searches every shard's image vectors for zero-shot candidates;
 between the passes sit small reduces (term counts, attachment, the calibrated threshold).
 ``ray_shard_map`` is the ``ShardMap`` that runs a pass on ``pipelines.runtime.map_shards``'s
-actors: the shared state (the workspace handle and the concept matcher, ~22 MiB pickled: bench/results-global.json) goes into
-the object store once and each actor reads it once, then takes shard after shard, writing its
+actors: the shared state (the workspace handle and the concept matcher, ~22 MiB pickled:
+bench/results-global.json) goes into the object store once and each actor reads it once, then
+takes shard after shard, writing its
 ``tags`` shard itself (atomic writes, so a shard redone after a lost node is written whole, once).
 The driver keeps the per-shard summaries and, for the zero-shot threshold, every shard's candidates
 (``clip_top_k`` per image: the part of tagging that still grows with the pool in one process). The
