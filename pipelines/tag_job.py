@@ -6,8 +6,8 @@ between the passes sit small reduces (term counts, attachment, the calibrated th
 ``ray_shard_map`` is the ``ShardMap`` that runs a pass on ``pipelines.runtime.map_shards``'s
 actors: the shared state (the workspace handle and the concept matcher, ~22 MiB pickled:
 bench/results-global.json) goes into the object store once and each actor reads it once, then
-takes shard after shard, writing its
-``tags`` shard itself (atomic writes, so a shard redone after a lost node is written whole, once).
+takes shard after shard, writing its ``tags`` shard itself (atomic writes, so a shard redone after
+a lost node is written whole, once).
 The driver keeps the per-shard summaries and, for the zero-shot threshold, every shard's candidates
 (``clip_top_k`` per image: the part of tagging that still grows with the pool in one process). The
 result is the one-process result: the passes are the same functions, their outputs put back in
@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pipelines.runtime import map_shards, ray_session
 
 # Shards (of 256 records) from which a local Ray is worth starting for tagging: at 196 shards one
-# process took 8 s and a 2-CPU local Ray 15 s (bench/results-global.json); from 1,024 the ~40 s
+# process took 8 s and a 2-CPU local Ray 15 s (bench/results-global.json); from 1,024 the ~43 s
 # of one-process passes can earn back Ray's start on two cores
 RAY_MIN_SHARDS = 1024
 

@@ -715,12 +715,16 @@ def zero_shot_line() -> str:
     )
 
 
+def assert_graph_page_quotes(name: str, line: str) -> None:
+    """The results file was written at a clean commit and the graph page holds its sentence."""
+    commit = results(name)["meta"]["commit"]
+    assert commit != "unknown" and not commit.endswith("-dirty"), f"{name} written at {commit}"
+    assert line in GRAPH_PAGE.read_text(encoding="utf-8"), line
+
+
 def test_the_zero_shot_figures_are_their_results_file():
-    r = results("results-zero-shot.json")
-    commit = r["meta"]["commit"]
-    assert commit != "unknown" and not commit.endswith("-dirty"), f"written at {commit}"
-    assert r["data"]["source"] == "tuxpaint-stamps-default"  # a source no head was trained on
-    assert zero_shot_line() in GRAPH_PAGE.read_text(encoding="utf-8"), zero_shot_line()
+    assert results("results-zero-shot.json")["data"]["source"] == "tuxpaint-stamps-default"  # unseen
+    assert_graph_page_quotes("results-zero-shot.json", zero_shot_line())
 
 
 def noise_concepts_line() -> str:
@@ -743,10 +747,7 @@ def noise_concepts_line() -> str:
 
 
 def test_the_noise_concept_figures_are_their_results_file():
-    r = results("results-noise-concepts.json")
-    commit = r["meta"]["commit"]
-    assert commit != "unknown" and not commit.endswith("-dirty"), f"written at {commit}"
-    assert noise_concepts_line() in GRAPH_PAGE.read_text(encoding="utf-8"), noise_concepts_line()
+    assert_graph_page_quotes("results-noise-concepts.json", noise_concepts_line())
 
 
 # --- the pay-off page ---------------------------------------------------------------------------------

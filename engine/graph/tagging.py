@@ -3,9 +3,9 @@
 ``tag_workspace`` runs the passes in order (``engine.graph.mining`` for new concepts,
 ``engine.graph.matching`` for text tags, ``engine.graph.zero_shot`` for CLIP tags) and writes the
 ``tags`` table and the workspace's concept tables (``engine.graph.concept_graph``). The two passes
-over the captions are maps over shards (``summarise_shard``, ``tag_shard``) with small reduces
-between them, so they run in this process or on a Ray cluster's actors (``ShardMap``) with the
-same result.
+over the captions and the zero-shot search are maps over shards (``summarise_shard``,
+``tag_shard``, ``engine.graph.zero_shot.search_shard``) with small reduces between them, so they
+run in this process or on a Ray cluster's actors (``ShardMap``) with the same result.
 """
 
 from __future__ import annotations
